@@ -1,0 +1,69 @@
+"""A client's conversations with her consultant's agent."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from tenants.models import TenantScopedModel
+
+
+class Conversation(TenantScopedModel):
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        CLOSED = "closed", "Closed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="conversations"
+    )
+    title = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta(TenantScopedModel.Meta):
+        ordering = ["-updated_at"]
+        indexes = [
+            models.Index(fields=["tenant", "-updated_at"], name="conv_tenant_updated_idx"),
+            models.Index(fields=["tenant", "client"], name="conv_tenant_client_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Message(TenantScopedModel):
+    class Sender(models.TextChoices):
+        CLIENT = "client", "Client"
+        AGENT = "agent", "Agent"
+        CONSULTANT = "consultant", "Consultant"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    sender = models.CharField(max_length=20, choices=Sender.choices)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The person who wrote it; empty for the agent.",
+    )
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TenantScopedModel.Meta):
+        ordering = ["created_at"]
+        indexes = [
+            models.Index(
+                fields=["tenant", "conversation", "created_at"], name="msg_tenant_conv_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sender}: {self.body[:40]}"

@@ -1,0 +1,327 @@
+"""System checks for the tenant boundary.
+
+Static (every `manage.py` command): invariant 1, the shape of tenant models.
+Database (`manage.py check --database default`, the test suite, and process start through
+`assert_tenant_boundary`): invariants 2, 3 and 6 as they are in the live database, checked as
+the runtime role the app really connects as.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.apps import apps
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections, models
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from tenants.migration_ops import POLICY_NAME, TENANT_PREDICATE, same_tenant_constraint_name
+from tenants.models import Tenant, TenantScopedModel
+
+logger = logging.getLogger(__name__)
+
+# Permissive policies OR together: any extra one could widen access, so each must be known.
+KNOWN_POLICIES = frozenset({POLICY_NAME})
+
+
+def tenant_models() -> list[type[TenantScopedModel]]:
+    return [
+        model
+        for model in apps.get_models()
+        if issubclass(model, TenantScopedModel) and not model._meta.proxy
+    ]
+
+
+def has_tenant(model: Any) -> bool:
+    try:
+        field = model._meta.get_field("tenant")
+    except Exception:
+        return False
+    return isinstance(field, models.ForeignKey) and field.related_model is Tenant
+
+
+def same_tenant_foreign_keys(model: type[models.Model]) -> list[models.ForeignKey]:
+    """Foreign keys from a tenant model to another model that has a tenant (invariant 6)."""
+    return [
+        field
+        for field in model._meta.get_fields()
+        if isinstance(field, models.ForeignKey)
+        and field.concrete
+        and field.name != "tenant"
+        and has_tenant(field.related_model)
+    ]
+
+
+# --------------------------------------------------------------------------- static
+
+
+@checks.register("tenants")
+def check_tenant_model_shape(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    for model in tenant_models():
+        label = model._meta.label
+        has_key = any(
+            isinstance(c, models.UniqueConstraint) and list(c.fields) == ["tenant", "id"]
+            for c in model._meta.constraints
+        )
+        if not has_key:
+            errors.append(
+                checks.Error(
+                    f"{label} lacks the unique (tenant, id) constraint of TenantScopedModel.",
+                    hint="If the model sets Meta.constraints, include "
+                    "*TenantScopedModel.Meta.constraints.",
+                    obj=model,
+                    id="tenants.E001",
+                )
+            )
+        for constraint in model._meta.constraints:
+            fields = list(getattr(constraint, "fields", []) or [])
+            if fields and fields[0] != "tenant":
+                errors.append(
+                    checks.Error(
+                        f"{label}: constraint {constraint.name} must start with 'tenant'.",
+                        hint="Uniqueness in a tenant table always includes the tenant, first.",
+                        obj=model,
+                        id="tenants.E002",
+                    )
+                )
+        for index in model._meta.indexes:
+            if index.fields and index.fields[0].lstrip("-") != "tenant":
+                errors.append(
+                    checks.Error(
+                        f"{label}: index {index.name} must start with 'tenant'.",
+                        obj=model,
+                        id="tenants.E003",
+                    )
+                )
+        for together in model._meta.unique_together:
+            if together[0] != "tenant":
+                errors.append(
+                    checks.Error(
+                        f"{label}: unique_together {together} must start with 'tenant'.",
+                        obj=model,
+                        id="tenants.E002",
+                    )
+                )
+        for field in model._meta.local_fields:
+            if field.unique and not field.primary_key:
+                errors.append(
+                    checks.Error(
+                        f"{label}.{field.name} is unique across all tenants.",
+                        hint="Use a UniqueConstraint on (tenant, field) instead.",
+                        obj=model,
+                        id="tenants.E004",
+                    )
+                )
+    return errors
+
+
+# --------------------------------------------------------------------------- database
+
+_expected_policy_sql: dict[str, tuple[str, str]] = {}
+
+
+def _expected_policy(connection: BaseDatabaseWrapper) -> tuple[str, str]:
+    """How this server deparses our policy: compile it on a temp table, then roll it back."""
+    key = connection.alias
+    if key in _expected_policy_sql:
+        return _expected_policy_sql[key]
+    nested = connection.in_atomic_block
+    with connection.cursor() as cursor:
+        cursor.execute("SAVEPOINT policy_probe" if nested else "BEGIN")
+        try:
+            cursor.execute("CREATE TEMP TABLE playbook_policy_probe (tenant_id uuid)")
+            cursor.execute(
+                f"CREATE POLICY probe ON playbook_policy_probe USING ({TENANT_PREDICATE}) "
+                f"WITH CHECK ({TENANT_PREDICATE})"
+            )
+            cursor.execute(
+                "SELECT qual, with_check FROM pg_policies "
+                "WHERE tablename = 'playbook_policy_probe' AND policyname = 'probe'"
+            )
+            qual, with_check = cursor.fetchone()
+        finally:
+            if nested:
+                cursor.execute("ROLLBACK TO SAVEPOINT policy_probe")
+                cursor.execute("RELEASE SAVEPOINT policy_probe")
+            else:
+                cursor.execute("ROLLBACK")
+    _expected_policy_sql[key] = (qual, with_check)
+    return qual, with_check
+
+
+def runtime_role_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckMessage]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        )
+        rolname, is_super, bypass = cursor.fetchone()
+    errors: list[checks.CheckMessage] = []
+    if is_super:
+        errors.append(
+            checks.Error(
+                f"The runtime database role {rolname!r} is a superuser; superusers ignore "
+                "row-level security.",
+                hint="Point DATABASE_URL at a NOSUPERUSER NOBYPASSRLS role that owns nothing.",
+                id="tenants.E010",
+            )
+        )
+    if bypass:
+        errors.append(
+            checks.Error(
+                f"The runtime database role {rolname!r} has BYPASSRLS.",
+                hint=f"ALTER ROLE {rolname} NOBYPASSRLS;",
+                id="tenants.E011",
+            )
+        )
+    return errors
+
+
+def table_problems(
+    connection: BaseDatabaseWrapper, models_to_check: list[type[models.Model]] | None = None
+) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    expected_qual, expected_check = _expected_policy(connection)
+    with connection.cursor() as cursor:
+        for model in tenant_models() if models_to_check is None else models_to_check:
+            table = model._meta.db_table
+            cursor.execute(
+                "SELECT c.relrowsecurity, c.relforcerowsecurity, "
+                "pg_has_role(current_user, c.relowner, 'MEMBER'), "
+                "has_table_privilege(current_user, c.oid, 'TRUNCATE') "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relname = %s AND n.nspname = current_schema() AND c.relkind = 'r'",
+                [table],
+            )
+            row = cursor.fetchone()
+            if row is None:
+                continue  # not migrated yet; `migrate` will create it with its policy
+            enabled, forced, owns, can_truncate = row
+            if not (enabled and forced):
+                errors.append(
+                    checks.Error(
+                        f"Table {table} ({model._meta.label}) does not have row-level security "
+                        f"{'forced' if enabled else 'enabled'}.",
+                        hint=f"Add tenants.migration_ops.EnableTenantRLS({model.__name__!r}) "
+                        "to the migration that creates it.",
+                        obj=model,
+                        id="tenants.E020",
+                    )
+                )
+            if owns:
+                errors.append(
+                    checks.Error(
+                        f"The runtime role owns (or can become the owner of) table {table}; "
+                        "owners can disable row-level security.",
+                        hint="Create tables as the owner role (DATABASE_OWNER_URL) and never "
+                        "grant the owner role to the runtime role.",
+                        obj=model,
+                        id="tenants.E012",
+                    )
+                )
+            if can_truncate:
+                errors.append(
+                    checks.Error(
+                        f"The runtime role may TRUNCATE {table}; TRUNCATE ignores row-level "
+                        "security.",
+                        hint=f"REVOKE TRUNCATE ON {table} FROM <runtime role>;",
+                        obj=model,
+                        id="tenants.E013",
+                    )
+                )
+            cursor.execute(
+                "SELECT policyname, permissive, roles::text[], cmd, qual, with_check "
+                "FROM pg_policies WHERE schemaname = current_schema() AND tablename = %s",
+                [table],
+            )
+            policies = {name: rest for name, *rest in cursor.fetchall()}
+            main = policies.get(POLICY_NAME)
+            if main is None or main != [
+                "PERMISSIVE",
+                ["public"],
+                "ALL",
+                expected_qual,
+                expected_check,
+            ]:
+                errors.append(
+                    checks.Error(
+                        f"Table {table} lacks the tenant isolation policy "
+                        f"{POLICY_NAME!r} (or it differs from USING/WITH CHECK "
+                        f"({TENANT_PREDICATE})).",
+                        hint=f"Use tenants.migration_ops.EnableTenantRLS({model.__name__!r}).",
+                        obj=model,
+                        id="tenants.E021",
+                    )
+                )
+            for name, (permissive, *_rest) in policies.items():
+                if permissive == "PERMISSIVE" and name not in KNOWN_POLICIES:
+                    errors.append(
+                        checks.Error(
+                            f"Table {table} has an unknown permissive policy {name!r}; "
+                            "permissive policies OR together and can widen access.",
+                            obj=model,
+                            id="tenants.E022",
+                        )
+                    )
+            for field in same_tenant_foreign_keys(model):
+                parent: Any = field.related_model
+                cursor.execute(
+                    "SELECT 1 FROM pg_constraint con "
+                    "JOIN pg_class c ON c.oid = con.conrelid "
+                    "JOIN pg_class p ON p.oid = con.confrelid "
+                    "WHERE con.contype = 'f' AND c.relname = %s AND p.relname = %s "
+                    "AND (SELECT array_agg(a.attname::text ORDER BY k.ord) "
+                    "     FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord) "
+                    "     JOIN pg_attribute a ON a.attrelid = con.conrelid "
+                    "      AND a.attnum = k.attnum) = ARRAY['tenant_id', %s]",
+                    [table, parent._meta.db_table, field.column],
+                )
+                if cursor.fetchone() is None:
+                    errors.append(
+                        checks.Error(
+                            f"{model._meta.label}.{field.name} can point into another tenant: "
+                            f"no (tenant_id, {field.column}) foreign key (expected constraint "
+                            f"{same_tenant_constraint_name(table, field.column)}).",
+                            hint="Add tenants.migration_ops.SameTenantForeignKey("
+                            f"{model.__name__!r}, {field.name!r}) to its migration.",
+                            obj=model,
+                            id="tenants.E030",
+                        )
+                    )
+    return errors
+
+
+def tenant_boundary_problems(alias: str = "default") -> list[checks.CheckMessage]:
+    connection = connections[alias]
+    return runtime_role_problems(connection) + table_problems(connection)
+
+
+@checks.register(checks.Tags.database)
+def check_tenant_boundary(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    # Only meaningful for the runtime connection; `migrate` runs its checks as the owner.
+    if not databases or "default" not in databases:
+        return []
+    return tenant_boundary_problems("default")
+
+
+def assert_tenant_boundary() -> None:
+    """Refuse to start a web or worker process whose database role could leak tenants."""
+    try:
+        problems = [p for p in tenant_boundary_problems("default") if p.is_serious()]
+    except DatabaseError as exc:
+        # Unreachable database: start anyway, /readyz reports it; a bad role is caught then.
+        logger.warning(
+            "tenant boundary check skipped: database unavailable (%s)", type(exc).__name__
+        )
+        return
+    finally:
+        connections["default"].close()
+    if problems:
+        raise ImproperlyConfigured(
+            "Refusing to start: the tenant boundary is not enforced by the database.\n"
+            + "\n".join(f"  {p.id}: {p.msg}" for p in problems)
+        )

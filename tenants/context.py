@@ -1,0 +1,93 @@
+"""The one way to enter a tenant: `tenant_context(tenant_id)` (DESIGN.md invariant 4).
+
+It opens a transaction (or a savepoint inside one), runs
+`SELECT set_config('app.current_tenant', <id>, true)` -- transaction-local, like SET LOCAL --
+and sets a ContextVar for the ORM. On exit both are restored. PostgreSQL's row-level
+security policies read the setting; the ContextVar lets the ORM fail loudly instead of
+silently returning nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+
+if TYPE_CHECKING:
+    from tenants.models import Tenant
+
+TENANT_SETTING = "app.current_tenant"
+
+_current_tenant: ContextVar[uuid.UUID | None] = ContextVar("current_tenant", default=None)
+
+
+class TenantScopeError(RuntimeError):
+    """Tenant data was touched outside a tenant context, or across tenants."""
+
+
+def coerce_tenant_id(value: Tenant | uuid.UUID | str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            raise TenantScopeError(f"{value!r} is not a tenant id.") from None
+    tenant_pk: Any = getattr(value, "pk", None)
+    if isinstance(tenant_pk, uuid.UUID):
+        return tenant_pk
+    raise TenantScopeError(f"Cannot enter a tenant context for {value!r}.")
+
+
+def current_tenant_id() -> uuid.UUID | None:
+    return _current_tenant.get()
+
+
+def require_tenant_id() -> uuid.UUID:
+    tenant_id = _current_tenant.get()
+    if tenant_id is None:
+        raise TenantScopeError(
+            "No tenant context: wrap this in `with tenant_context(tenant_id):` "
+            "(requests, TenantTask and `--tenant` commands do it for you)."
+        )
+    return tenant_id
+
+
+def _set_database_tenant(using: str, value: str) -> None:
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT set_config(%s, %s, true)", [TENANT_SETTING, value])
+
+
+@contextmanager
+def tenant_context(
+    tenant: Tenant | uuid.UUID | str, *, using: str = DEFAULT_DB_ALIAS
+) -> Iterator[uuid.UUID]:
+    """Run the block as `tenant`, inside a transaction. Re-entering the same tenant is a no-op;
+    entering a different tenant while one is active raises TenantScopeError."""
+    tenant_id = coerce_tenant_id(tenant)
+    active = _current_tenant.get()
+    if active is not None:
+        if active != tenant_id:
+            raise TenantScopeError(
+                f"Already in tenant {active}; cannot enter tenant {tenant_id} inside it."
+            )
+        yield tenant_id
+        return
+
+    connection = connections[using]
+    nested = connection.in_atomic_block
+    with transaction.atomic(using=using):
+        _set_database_tenant(using, str(tenant_id))
+        token = _current_tenant.set(tenant_id)
+        try:
+            yield tenant_id
+        finally:
+            _current_tenant.reset(token)
+        # Leaving normally inside an outer transaction: clear the setting ourselves. On an
+        # exception the savepoint rollback reverts it; at the outermost level COMMIT does.
+        if nested and not connection.needs_rollback:
+            _set_database_tenant(using, "")

@@ -1,0 +1,121 @@
+"""Two demo tenants with people and conversations, for `make dev`. Idempotent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from accounts.models import Membership, User
+from conversations import actions
+from conversations.models import Message
+from tenants.context import tenant_context
+from tenants.models import Tenant
+
+DEMO_PASSWORD = "playbook-demo"  # noqa: S105 (development-only demo accounts)
+
+DEMO_TENANTS: list[dict[str, Any]] = [
+    {
+        "slug": "northwind",
+        "name": "Northwind Coaching",
+        "plan": Tenant.Plan.PRO,
+        "people": [
+            ("nora", "Nora", "Northwind", Membership.Role.OWNER),
+            ("nick", "Nick", "Consultant", Membership.Role.CONSULTANT),
+            ("cara", "Cara", "Client", Membership.Role.CLIENT),
+            ("carl", "Carl", "Client", Membership.Role.CLIENT),
+        ],
+        "conversations": [
+            (
+                "cara",
+                "Preparing my first board meeting",
+                "How should I structure the agenda for my first board meeting as CEO?",
+            ),
+            (
+                "carl",
+                "Hiring a head of sales",
+                "What should the scorecard for a head of sales look like?",
+            ),
+        ],
+    },
+    {
+        "slug": "bluebird",
+        "name": "Bluebird Advisory",
+        "plan": Tenant.Plan.STARTER,
+        "people": [
+            ("bea", "Bea", "Bluebird", Membership.Role.OWNER),
+            ("ben", "Ben", "Consultant", Membership.Role.CONSULTANT),
+            ("cleo", "Cleo", "Client", Membership.Role.CLIENT),
+            ("cody", "Cody", "Client", Membership.Role.CLIENT),
+        ],
+        "conversations": [
+            (
+                "cleo",
+                "Pricing our new service",
+                "Should we price the new retainer by the hour or by outcome?",
+            ),
+            ("cody", "Quarterly planning", "Which three metrics should we review every quarter?"),
+        ],
+    },
+]
+
+
+class Command(BaseCommand):
+    help = "Create the demo tenants, people and conversations (development only)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if settings.PRODUCTION:
+            raise CommandError(
+                "seed_demo creates accounts with a known password; not in production."
+            )
+        for spec in DEMO_TENANTS:
+            self.seed_tenant(spec)
+        self.stdout.write(f"\nDemo accounts (password for all: {DEMO_PASSWORD})\n")
+        for spec in DEMO_TENANTS:
+            self.stdout.write(f"  {spec['name']} ({spec['slug']})")
+            for username, _first, _last, role in spec["people"]:
+                self.stdout.write(f"    {username}@{spec['slug']}.demo  {role}")
+        self.stdout.write("")
+
+    @transaction.atomic
+    def seed_tenant(self, spec: dict[str, Any]) -> None:
+        tenant, created = Tenant.objects.get_or_create(
+            slug=spec["slug"], defaults={"name": spec["name"], "plan": spec["plan"]}
+        )
+        if not created:
+            return
+        users: dict[str, User] = {}
+        for username, first, last, _role in spec["people"]:
+            user = User(
+                username=f"{username}@{spec['slug']}.demo",
+                email=f"{username}@{spec['slug']}.demo",
+                first_name=first,
+                last_name=last,
+                tenant=tenant,
+            )
+            user.set_password(DEMO_PASSWORD)
+            user.save()
+            users[username] = user
+        with tenant_context(tenant):
+            for username, _first, _last, role in spec["people"]:
+                Membership.objects.create(user=users[username], role=role)
+            for client_name, title, question in spec["conversations"]:
+                client = users[client_name]
+                conversation = actions.create_conversation(
+                    acting_user=client, client=client, title=title
+                )
+                actions.post_message(
+                    acting_user=client,
+                    role=Membership.Role.CLIENT,
+                    conversation=conversation,
+                    body=question,
+                )
+                Message.objects.create(
+                    conversation=conversation,
+                    sender=Message.Sender.CONSULTANT,
+                    author=next(u for n, u in users.items() if n == spec["people"][1][0]),
+                    body="Thanks — I'll walk you through the playbook's framework for this.",
+                )
+        self.stdout.write(self.style.SUCCESS(f"Created demo tenant {tenant.name}"))

@@ -1,0 +1,176 @@
+"""The system checks that refuse a database without the tenant boundary (invariants 1-3, 6)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import environ
+import psycopg
+import pytest
+from django.conf import settings
+from django.core import checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db import connections, models
+from django.db.backends.postgresql.base import DatabaseWrapper
+from django.test.utils import isolate_apps
+
+from tenants.checks import (
+    check_tenant_model_shape,
+    runtime_role_problems,
+    table_problems,
+    tenant_boundary_problems,
+)
+from tenants.migration_ops import EnableTenantRLS
+from tenants.models import TenantScopedModel
+
+
+def ids(problems: list[checks.CheckMessage]) -> set[str]:
+    return {p.id for p in problems if p.id}
+
+
+def wrapper_for(alias: str, **overrides: Any) -> DatabaseWrapper:
+    """A separate connection with the alias's settings and some overridden (e.g. USER)."""
+    settings_dict = {**connections[alias].settings_dict, **overrides}
+    return DatabaseWrapper(settings_dict, alias=f"probe-{alias}")
+
+
+@pytest.mark.django_db
+def test_every_tenant_table_in_the_project_passes() -> None:
+    assert tenant_boundary_problems("default") == []
+    call_command("check", databases=["default"], fail_level="ERROR")
+
+
+@pytest.fixture
+def unprotected_model(live_db: None, owner_sql: Callable[..., Any]) -> Iterator[type[models.Model]]:
+    """A tenant model whose migration forgot EnableTenantRLS, created as the owner."""
+    with isolate_apps("conversations"):
+
+        class Forgotten(TenantScopedModel):
+            note = models.TextField()
+
+            class Meta(TenantScopedModel.Meta):
+                app_label = "conversations"
+                db_table = "test_forgotten_rls"
+
+        owner = connections["owner"]
+        with owner.schema_editor() as editor:
+            editor.create_model(Forgotten)
+        owner_sql("GRANT SELECT, INSERT, UPDATE, DELETE ON test_forgotten_rls TO playbook_app")
+        try:
+            yield Forgotten
+        finally:
+            owner_sql("DROP TABLE IF EXISTS test_forgotten_rls")
+
+
+def test_a_tenant_table_without_rls_fails_the_check(
+    unprotected_model: type[models.Model], owner_sql: Callable[..., Any]
+) -> None:
+    problems = table_problems(connections["default"], [unprotected_model])
+    assert {"tenants.E020", "tenants.E021"} <= ids(problems)
+    assert "EnableTenantRLS('Forgotten')" in " ".join(str(p.hint) for p in problems)
+
+    # RLS enabled but not forced: still an error (the owner would bypass it).
+    owner_sql("ALTER TABLE test_forgotten_rls ENABLE ROW LEVEL SECURITY")
+    assert "tenants.E020" in ids(table_problems(connections["default"], [unprotected_model]))
+
+    # A policy with the right name but a different predicate is not the policy.
+    owner_sql("CREATE POLICY tenant_isolation ON test_forgotten_rls USING (true) WITH CHECK (true)")
+    owner_sql("ALTER TABLE test_forgotten_rls FORCE ROW LEVEL SECURITY")
+    assert ids(table_problems(connections["default"], [unprotected_model])) == {"tenants.E021"}
+
+    # The reviewed migration operation fixes it; an extra permissive policy breaks it again.
+    owner_sql("DROP POLICY tenant_isolation ON test_forgotten_rls")
+    owner = connections["owner"]
+    with owner.schema_editor() as editor:
+        op = EnableTenantRLS("Forgotten")
+
+        class State:
+            class apps:
+                @staticmethod
+                def get_model(app_label: str, name: str) -> type[models.Model]:
+                    return unprotected_model
+
+        owner_sql("ALTER TABLE test_forgotten_rls NO FORCE ROW LEVEL SECURITY")
+        owner_sql("ALTER TABLE test_forgotten_rls DISABLE ROW LEVEL SECURITY")
+        op.database_forwards("conversations", editor, State, State)
+    assert table_problems(connections["default"], [unprotected_model]) == []
+
+    owner_sql("CREATE POLICY open_door ON test_forgotten_rls USING (true)")
+    assert ids(table_problems(connections["default"], [unprotected_model])) == {"tenants.E022"}
+
+
+def test_a_runtime_role_that_can_bypass_rls_fails_the_check(
+    live_db: None, owner_sql: Callable[..., Any]
+) -> None:
+    database = connections["default"].settings_dict["NAME"]
+    with psycopg.connect(settings.DATABASE_ADMIN_URL, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS playbook_bypasser")
+        admin.execute("CREATE ROLE playbook_bypasser LOGIN BYPASSRLS PASSWORD 'x'")
+        admin.execute(f'GRANT CONNECT ON DATABASE "{database}" TO playbook_bypasser')
+        bypasser = wrapper_for("default", USER="playbook_bypasser", PASSWORD="x")
+        try:
+            assert "tenants.E011" in ids(runtime_role_problems(bypasser))
+        finally:
+            bypasser.close()
+            admin.execute(f'REVOKE CONNECT ON DATABASE "{database}" FROM playbook_bypasser')
+            admin.execute("DROP ROLE playbook_bypasser")
+
+    # A superuser (the administrator the test suite provisions with) ignores RLS altogether.
+    admin = environ.Env.db_url_config(settings.DATABASE_ADMIN_URL)
+    superuser = wrapper_for(
+        "default",
+        USER=admin["USER"],
+        PASSWORD=admin["PASSWORD"],
+        HOST=admin["HOST"],
+        PORT=admin["PORT"],
+        OPTIONS=admin.get("OPTIONS", {}),
+    )
+    try:
+        assert "tenants.E010" in ids(runtime_role_problems(superuser))
+    finally:
+        superuser.close()
+
+    # Running the app as the owner role: it owns every tenant table.
+    as_owner = wrapper_for("owner")
+    assert "tenants.E012" in ids(table_problems(as_owner))
+    as_owner.close()
+
+
+def test_tenant_model_shape_checks() -> None:
+    with isolate_apps("conversations"):
+
+        class GlobalUnique(TenantScopedModel):
+            code = models.CharField(max_length=10, unique=True)
+
+            class Meta(TenantScopedModel.Meta):
+                app_label = "conversations"
+                constraints = [
+                    models.UniqueConstraint(fields=["code", "tenant"], name="code_first"),
+                ]
+                indexes = [models.Index(fields=["code"], name="code_only_idx")]
+
+        from django.apps import apps as global_apps
+
+        # The check walks the global registry; point it at this one model.
+        original = global_apps.get_models
+        global_apps.get_models = lambda *a, **k: [GlobalUnique]  # type: ignore[method-assign]
+        try:
+            found = ids(check_tenant_model_shape())
+        finally:
+            global_apps.get_models = original  # type: ignore[method-assign]
+    assert found == {"tenants.E001", "tenants.E002", "tenants.E003", "tenants.E004"}
+
+
+@pytest.mark.django_db
+def test_check_command_fails_loudly_on_a_bad_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenants import checks as tenant_checks
+
+    monkeypatch.setattr(
+        tenant_checks,
+        "tenant_boundary_problems",
+        lambda alias="default": [checks.Error("role can bypass RLS", id="tenants.E011")],
+    )
+    with pytest.raises(SystemCheckError, match=r"tenants\.E011"):
+        call_command("check", databases=["default"])
