@@ -1,16 +1,23 @@
-"""Users and their role in their tenant.
+"""Users, their role in their tenant, partner API keys and support sessions.
 
-A user belongs to at most one tenant, set when the account is created (from the identity
-provider's signed claim, once that lands) and never changed (DESIGN.md invariant 5).
+A user belongs to at most one tenant, bound at first login from the identity provider's
+signed claim and never changed (DESIGN.md invariant 5; a database trigger enforces it).
 Platform staff have no tenant. Roles are permissions; the tenant is data ownership.
 """
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timedelta
+from typing import ClassVar
+
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 
-from tenants.models import Tenant, TenantScopedModel
+from tenants.models import CrossTenantForeignKey, Tenant, TenantScopedModel
 
 
 class User(AbstractUser):
@@ -20,8 +27,10 @@ class User(AbstractUser):
         null=True,
         blank=True,
         related_name="users",
-        help_text="Fixed at creation (a database trigger rejects changes). Empty for staff.",
+        help_text="Bound at first login and never changed. Empty for platform staff.",
     )
+    oidc_issuer = models.CharField(max_length=255, blank=True, default="")
+    oidc_subject = models.CharField(max_length=255, blank=True, default="")
 
     class Meta(AbstractUser.Meta):  # type: ignore[name-defined]
         swappable = "AUTH_USER_MODEL"
@@ -29,6 +38,11 @@ class User(AbstractUser):
             # Lets tenant tables reference (tenant_id, user_id): a row can only point at a
             # user of its own tenant.
             models.UniqueConstraint(fields=["tenant", "id"], name="accounts_user_tenant_id_id_key"),
+            models.UniqueConstraint(
+                fields=["oidc_issuer", "oidc_subject"],
+                condition=~Q(oidc_subject=""),
+                name="accounts_user_one_per_oidc_subject",
+            ),
         ]
 
 
@@ -60,3 +74,79 @@ def role_in_current_tenant(user: User) -> str | None:
     if not user.is_authenticated or user.tenant_id is None:
         return None
     return Membership.objects.filter(user=user).values_list("role", flat=True).first()
+
+
+class ApiKey(TenantScopedModel):
+    """A partner API key. Only a SHA-256 of the key is stored; the key is shown once."""
+
+    class Scope(models.TextChoices):
+        READ = "read", "Read"
+        WRITE = "write", "Read and write"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="Public part, shown in lists and logs.")
+    key_hash = models.CharField(max_length=64, editable=False)
+    scope = models.CharField(max_length=10, choices=Scope.choices, default=Scope.READ)
+    created_by = models.ForeignKey(
+        User, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantScopedModel.Meta):
+        ordering = ["-created_at"]
+        constraints = [
+            *TenantScopedModel.Meta.constraints,
+            models.UniqueConstraint(fields=["tenant", "prefix"], name="accounts_apikey_prefix"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+def default_support_expiry() -> datetime:
+    return timezone.now() + timedelta(minutes=settings.SUPPORT_SESSION_DEFAULT_MINUTES)
+
+
+class SupportSession(TenantScopedModel):
+    """Time-limited access of one platform staff member to one tenant, with a reason.
+
+    While it is valid (not ended, not expired: checked by the database at every statement),
+    the `support_session_access` policy on every tenant table admits that tenant's rows to
+    a transaction that carries `app.support_session = <this id>`.
+    """
+
+    # This table is read by the support policy's function itself, so it must not carry that
+    # policy (it would recurse); it has its own narrow self-read policy instead.
+    rls_support_access: ClassVar[bool] = False
+    rls_extra_policies: ClassVar[frozenset[str]] = frozenset({"support_session_self"})
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    staff = CrossTenantForeignKey(
+        User,
+        on_delete=models.PROTECT,
+        related_name="+",
+        limit_choices_to={"is_staff": True, "tenant__isnull": True},
+    )
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(default=default_support_expiry)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantScopedModel.Meta):
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.staff} → {self.tenant_id} until {self.expires_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.ended_at is None and self.expires_at > timezone.now()

@@ -65,6 +65,25 @@ def write_state(values: dict[str, str]) -> None:
     STACK_ENV.chmod(0o600)
 
 
+def ensure_rsa_key(path: Path) -> Path:
+    """A 2048-bit RSA key for the local identity provider, made once, kept in .data/."""
+    if not path.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+    return path
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 
@@ -290,6 +309,13 @@ class Stack:
             self.redis.start()
             env["REDIS_URL"] = self.redis.url
 
+        # The local OpenID Connect provider: its RSA signing key and the web client's secret.
+        env["DEV_IDP"] = "1"
+        env["DEV_IDP_RSA_KEY_FILE"] = str(ensure_rsa_key(DATA_DIR / "dev_idp_rsa.pem"))
+        env["OIDC_RP_CLIENT_SECRET"] = state.get("OIDC_RP_CLIENT_SECRET") or secrets.token_urlsafe(
+            32
+        )
+
         write_state(env)
         self.env = env
         return env
@@ -349,7 +375,7 @@ def cmd_dev(host: str, port: int) -> int:
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     signal.signal(signal.SIGHUP, _terminate_as_interrupt)
     with running_stack() as stack:
-        env = stack.child_env(DEBUG="1", DEV_IDP=os.environ.get("DEV_IDP", "1"))
+        env = stack.child_env(DEBUG="1", SITE_URL=f"http://{host}:{port}")
         manage(stack, "migrate", "--no-input", env=env)
         manage(stack, "seed_demo", env=env)
         children = [

@@ -39,6 +39,12 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# The local OpenID Connect provider (django-oauth-toolkit) for development and tests only.
+DEV_IDP = env.bool("DEV_IDP", default=False)
+if PRODUCTION and DEV_IDP:
+    raise ImproperlyConfigured("DEV_IDP must be off when PLAYBOOK_ENV=production.")
+SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+
 INSTALLED_APPS = [
     "tenants",
     "accounts",
@@ -54,15 +60,26 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "mozilla_django_oidc",
 ]
+if DEV_IDP:
+    INSTALLED_APPS += ["oauth2_provider", "devidp"]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "audit.middleware.RequestInfoMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    # Bearer credentials (JWT, API key) are verified before the tenant is entered, so the
+    # whole view runs inside the principal's tenant.
+    "accounts.middleware.BearerAuthenticationMiddleware",
+    *(["devidp.middleware.DevIdPSessionMiddleware"] if DEV_IDP else []),
     "tenants.middleware.TenantContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -173,12 +190,85 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    "accounts.backends.TenantOIDCBackend",  # people: OpenID Connect, tenant from the claim
+    "django.contrib.auth.backends.ModelBackend",  # platform staff: password + TOTP (admin)
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
+LOGIN_REDIRECT_URL_FAILURE = "login"
+
+# --------------------------------------------------------------------------- OpenID Connect
+# Any provider by discovery: set OIDC_ISSUER (its /.well-known/openid-configuration is
+# read once and cached); OIDC_OP_* override single endpoints.
+OIDC_ISSUER = env.str("OIDC_ISSUER", default=f"{SITE_URL}/idp" if DEV_IDP else "").rstrip("/")
+OIDC_RP_CLIENT_ID = env.str("OIDC_RP_CLIENT_ID", default="playbook-web")
+OIDC_RP_CLIENT_SECRET = env.str("OIDC_RP_CLIENT_SECRET", default="" if PRODUCTION else "dev-only")
+OIDC_OP_AUTHORIZATION_ENDPOINT = env.str("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT = env.str("OIDC_OP_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT = env.str("OIDC_OP_USER_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT = env.str("OIDC_OP_JWKS_ENDPOINT", default="")
+OIDC_OP_LOGOUT_ENDPOINT = env.str("OIDC_OP_LOGOUT_ENDPOINT", default="")
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_RP_SCOPES = env.str("OIDC_RP_SCOPES", default="openid email profile")
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_STORE_ID_TOKEN = True  # for the provider's logout (id_token_hint)
+OIDC_OP_LOGOUT_URL_METHOD = "accounts.oidc.provider_logout_url"
+OIDC_CALLBACK_CLASS = "accounts.views.TenantOIDCCallbackView"
+OIDC_TIMEOUT = env.int("OIDC_TIMEOUT_SECONDS", default=5)
+# The signed claim that names the user's tenant: tenant_id (default), custom:tenant_id
+# (Cognito), org_id (Auth0 organizations). Its value is the tenant's UUID or slug.
+OIDC_TENANT_CLAIM = env.str("OIDC_TENANT_CLAIM", default="tenant_id")
+OIDC_ROLES_CLAIM = env.str("OIDC_ROLES_CLAIM", default="roles")
+# Bearer JWTs for the API: audience, algorithms, clock leeway, JWKS caching.
+OIDC_API_AUDIENCE = env.list("OIDC_API_AUDIENCE", default=["playbook-api"])
+OIDC_ALLOWED_ALGORITHMS = env.list("OIDC_ALLOWED_ALGORITHMS", default=["RS256", "ES256"])
+OIDC_LEEWAY_SECONDS = env.int("OIDC_LEEWAY_SECONDS", default=30)
+OIDC_JWKS_TTL_SECONDS = env.int("OIDC_JWKS_TTL_SECONDS", default=3600)
+OIDC_JWKS_COOLDOWN_SECONDS = env.int("OIDC_JWKS_COOLDOWN_SECONDS", default=30)
+if not set(OIDC_ALLOWED_ALGORITHMS) <= {"RS256", "RS384", "RS512", "ES256", "ES384", "PS256"}:
+    raise ImproperlyConfigured(
+        "OIDC_ALLOWED_ALGORITHMS may name only asymmetric algorithms (RS256, ES256, ...)."
+    )
+
+if DEV_IDP:
+    _idp_key_file = env.str("DEV_IDP_RSA_KEY_FILE", default=str(DATA_DIR / "dev_idp_rsa.pem"))
+    OAUTH2_PROVIDER = {
+        "OIDC_ENABLED": True,
+        "OIDC_ISS_ENDPOINT": OIDC_ISSUER,
+        "OIDC_RSA_PRIVATE_KEY": Path(_idp_key_file).read_text()
+        if Path(_idp_key_file).exists()
+        else "",
+        "OIDC_RP_INITIATED_LOGOUT_ENABLED": True,
+        "OIDC_RP_INITIATED_LOGOUT_ALWAYS_PROMPT": False,
+        "PKCE_REQUIRED": True,
+        "SCOPES": {
+            "openid": "OpenID Connect",
+            "email": "Email address",
+            "profile": "Name",
+        },
+        "DEFAULT_SCOPES": ["openid"],
+        "OAUTH2_VALIDATOR_CLASS": "devidp.validators.DevIdPValidator",
+        "ACCESS_TOKEN_GENERATOR": "devidp.tokens.signed_access_token",
+        "REFRESH_TOKEN_GENERATOR": "oauthlib.oauth2.rfc6749.tokens.random_token_generator",
+        "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,
+    }
+
+# --------------------------------------------------------------------------- support admin
+
+TENANT_CONTEXT_RESOLVER = "accounts.support.resolve_request_context"
+OTP_TOTP_ISSUER = "Playbook"
+SUPPORT_SESSION_DEFAULT_MINUTES = env.int("SUPPORT_SESSION_DEFAULT_MINUTES", default=60)
+SUPPORT_SESSION_MAX_MINUTES = env.int("SUPPORT_SESSION_MAX_MINUTES", default=240)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # First, so that a request without credentials gets 401 + WWW-Authenticate: Bearer.
+        "accounts.authentication.BearerAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,

@@ -1,23 +1,42 @@
-from django.contrib import admin
-from django.contrib.auth import views as auth_views
+from django.conf import settings
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from accounts import api as accounts_api
+from accounts import views as accounts_views
+from accounts.admin import support_admin_site
 from config import views
 from conversations.api import ConversationViewSet
 
 router = DefaultRouter()
 router.register("conversations", ConversationViewSet, basename="conversation")
+router.register("api-keys", accounts_api.ApiKeyViewSet, basename="api-key")
+router.register("support-sessions", accounts_api.SupportSessionViewSet, basename="support-session")
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("admin/", admin.site.urls),
+    path("login/", accounts_views.login_page, name="login"),
+    path("logout/", accounts_views.TenantOIDCLogoutView.as_view(), name="logout"),
+    path(
+        "oidc/authenticate/",
+        accounts_views.TenantOIDCAuthenticationRequestView.as_view(),
+        name="oidc_authentication_init",
+    ),
+    path(
+        "oidc/callback/",
+        accounts_views.TenantOIDCCallbackView.as_view(),
+        name="oidc_authentication_callback",
+    ),
+    path("admin/", support_admin_site.urls),
+    path("api/v1/me", accounts_api.MeView.as_view(), name="me"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+if settings.DEV_IDP:
+    # The local OpenID Connect provider: development and tests only (never in production).
+    urlpatterns.append(path("idp/", include("devidp.urls")))

@@ -10,7 +10,8 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.models import Membership, User, role_in_current_tenant
+from accounts.models import Membership, User
+from accounts.roles import API_KEY, CLIENT, MEMBERS
 from conversations import actions
 from conversations.models import Conversation, Message
 from tenants.api import TenantScopedViewSet
@@ -25,25 +26,26 @@ class MessageSerializer(serializers.ModelSerializer):
     body = serializers.CharField(max_length=20_000, trim_whitespace=True)
 
 
+class TenantClientField(serializers.PrimaryKeyRelatedField):
+    """A client of the current tenant (evaluated at validation time, inside the tenant)."""
+
+    def get_queryset(self) -> QuerySet[User]:
+        return User.objects.filter(
+            memberships__in=Membership.objects.filter(role=Membership.Role.CLIENT)
+        )
+
+
 class ConversationSerializer(serializers.ModelSerializer):
-    client = serializers.PrimaryKeyRelatedField(
+    client = TenantClientField(
         queryset=User.objects.none(),
         required=False,
-        help_text="A client of your tenant (staff only; clients always open their own).",
+        help_text="A client of your tenant (team and API keys; clients always open their own).",
     )
 
     class Meta:
         model = Conversation
         fields = ["id", "title", "status", "client", "created_at", "updated_at"]
         read_only_fields = ["id", "status", "created_at", "updated_at"]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Only clients of this tenant are valid targets; the membership table is under RLS.
-        client_field: Any = self.fields["client"]
-        client_field.queryset = User.objects.filter(
-            memberships__in=Membership.objects.filter(role=Membership.Role.CLIENT)
-        )
 
 
 class ConversationViewSet(
@@ -54,36 +56,26 @@ class ConversationViewSet(
 ):
     model = Conversation
     serializer_class = ConversationSerializer
+    roles = {"*": MEMBERS | {API_KEY}}
 
     def safely_get_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        if self.role == Membership.Role.CLIENT:
-            # A client sees only her own conversations (issue 3 builds roles out fully).
-            return queryset.filter(client=self.request.user)
-        if self.role is None:
-            return queryset.none()
+        if self.role == CLIENT:
+            # A client sees only her own conversations; the team and API keys see all.
+            return queryset.filter(client_id=self.request.user.pk)
         return queryset
 
-    @property
-    def acting_user(self) -> User:
-        return cast(User, self.request.user)
-
-    @property
-    def role(self) -> str | None:
-        if not hasattr(self, "_role"):
-            self._role = role_in_current_tenant(self.request.user)  # type: ignore[arg-type]
-        return self._role
+    def acting_user(self) -> User | None:
+        user = self.request.user
+        return cast(User, user) if isinstance(user, User) else None
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
-        user = self.acting_user
-        if self.role is None:
-            raise serializers.ValidationError("Only members of this tenant can open conversations.")
         client = serializer.validated_data.get("client")
-        if self.role == Membership.Role.CLIENT or client is None:
-            if self.role != Membership.Role.CLIENT:
-                raise serializers.ValidationError({"client": ["Choose the client to talk to."]})
-            client = user
+        if self.role == CLIENT:
+            client = self.acting_user()
+        elif client is None:
+            raise serializers.ValidationError({"client": ["Choose the client to talk to."]})
         serializer.instance = actions.create_conversation(
-            acting_user=user, client=client, title=serializer.validated_data["title"]
+            acting_user=self.request.user, client=client, title=serializer.validated_data["title"]
         )
 
     @action(detail=True, methods=["get", "post"], serializer_class=MessageSerializer)
@@ -95,7 +87,7 @@ class ConversationViewSet(
         serializer = MessageSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         message = actions.post_message(
-            acting_user=self.acting_user,
+            acting_user=request.user,
             role=self.role,
             conversation=conversation,
             body=serializer.validated_data["body"],

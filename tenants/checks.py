@@ -17,13 +17,16 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from tenants.migration_ops import POLICY_NAME, TENANT_PREDICATE, same_tenant_constraint_name
-from tenants.models import Tenant, TenantScopedModel
+from tenants.migration_ops import (
+    POLICY_NAME,
+    SUPPORT_POLICY_NAME,
+    SUPPORT_PREDICATE,
+    TENANT_PREDICATE,
+    same_tenant_constraint_name,
+)
+from tenants.models import CrossTenantForeignKey, Tenant, TenantScopedModel
 
 logger = logging.getLogger(__name__)
-
-# Permissive policies OR together: any extra one could widen access, so each must be known.
-KNOWN_POLICIES = frozenset({POLICY_NAME})
 
 
 def tenant_models() -> list[type[TenantScopedModel]]:
@@ -50,6 +53,7 @@ def same_tenant_foreign_keys(model: type[models.Model]) -> list[models.ForeignKe
         if isinstance(field, models.ForeignKey)
         and field.concrete
         and field.name != "tenant"
+        and not isinstance(field, CrossTenantForeignKey)
         and has_tenant(field.related_model)
     ]
 
@@ -120,36 +124,49 @@ def check_tenant_model_shape(app_configs: Any = None, **kwargs: Any) -> list[che
 
 # --------------------------------------------------------------------------- database
 
-_expected_policy_sql: dict[str, tuple[str, str]] = {}
+_deparsed: dict[tuple[str, str], tuple[str, str] | None] = {}
 
 
-def _expected_policy(connection: BaseDatabaseWrapper) -> tuple[str, str]:
-    """How this server deparses our policy: compile it on a temp table, then roll it back."""
-    key = connection.alias
-    if key in _expected_policy_sql:
-        return _expected_policy_sql[key]
+def _deparse_policy(connection: BaseDatabaseWrapper, predicate: str) -> tuple[str, str] | None:
+    """How this server deparses a policy predicate: compile it on a temp table, roll back.
+    None if it does not compile (e.g. the support function is not migrated yet)."""
+    key = (connection.alias, predicate)
+    if key in _deparsed:
+        return _deparsed[key]
     nested = connection.in_atomic_block
+    result: tuple[str, str] | None = None
     with connection.cursor() as cursor:
         cursor.execute("SAVEPOINT policy_probe" if nested else "BEGIN")
         try:
             cursor.execute("CREATE TEMP TABLE playbook_policy_probe (tenant_id uuid)")
             cursor.execute(
-                f"CREATE POLICY probe ON playbook_policy_probe USING ({TENANT_PREDICATE}) "
-                f"WITH CHECK ({TENANT_PREDICATE})"
+                f"CREATE POLICY probe ON playbook_policy_probe USING ({predicate}) "
+                f"WITH CHECK ({predicate})"
             )
             cursor.execute(
                 "SELECT qual, with_check FROM pg_policies "
                 "WHERE tablename = 'playbook_policy_probe' AND policyname = 'probe'"
             )
-            qual, with_check = cursor.fetchone()
+            result = cursor.fetchone()
+        except DatabaseError:
+            result = None
         finally:
             if nested:
                 cursor.execute("ROLLBACK TO SAVEPOINT policy_probe")
                 cursor.execute("RELEASE SAVEPOINT policy_probe")
             else:
                 cursor.execute("ROLLBACK")
-    _expected_policy_sql[key] = (qual, with_check)
-    return qual, with_check
+    _deparsed[key] = tuple(result) if result else None  # type: ignore[assignment]
+    return _deparsed[key]
+
+
+def expected_policies(
+    connection: BaseDatabaseWrapper, model: type[models.Model]
+) -> dict[str, tuple[str, str] | None]:
+    expected = {POLICY_NAME: _deparse_policy(connection, TENANT_PREDICATE)}
+    if getattr(model, "rls_support_access", True):
+        expected[SUPPORT_POLICY_NAME] = _deparse_policy(connection, SUPPORT_PREDICATE)
+    return expected
 
 
 def runtime_role_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckMessage]:
@@ -183,7 +200,6 @@ def table_problems(
     connection: BaseDatabaseWrapper, models_to_check: list[type[models.Model]] | None = None
 ) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
-    expected_qual, expected_check = _expected_policy(connection)
     with connection.cursor() as cursor:
         for model in tenant_models() if models_to_check is None else models_to_check:
             table = model._meta.db_table
@@ -237,26 +253,26 @@ def table_problems(
                 [table],
             )
             policies = {name: rest for name, *rest in cursor.fetchall()}
-            main = policies.get(POLICY_NAME)
-            if main is None or main != [
-                "PERMISSIVE",
-                ["public"],
-                "ALL",
-                expected_qual,
-                expected_check,
-            ]:
-                errors.append(
-                    checks.Error(
-                        f"Table {table} lacks the tenant isolation policy "
-                        f"{POLICY_NAME!r} (or it differs from USING/WITH CHECK "
-                        f"({TENANT_PREDICATE})).",
-                        hint=f"Use tenants.migration_ops.EnableTenantRLS({model.__name__!r}).",
-                        obj=model,
-                        id="tenants.E021",
+            expected = expected_policies(connection, model)
+            for name, deparsed in expected.items():
+                found = policies.get(name)
+                if deparsed is None or found != ["PERMISSIVE", ["public"], "ALL", *deparsed]:
+                    predicate = TENANT_PREDICATE if name == POLICY_NAME else SUPPORT_PREDICATE
+                    errors.append(
+                        checks.Error(
+                            f"Table {table} lacks the policy {name!r} (or it differs from "
+                            f"USING/WITH CHECK ({predicate})).",
+                            hint=f"Use tenants.migration_ops.EnableTenantRLS({model.__name__!r})"
+                            if name == POLICY_NAME
+                            else "Use tenants.migration_ops.EnableSupportAccess"
+                            f"({model.__name__!r}).",
+                            obj=model,
+                            id="tenants.E021" if name == POLICY_NAME else "tenants.E023",
+                        )
                     )
-                )
+            allowed = set(expected) | set(getattr(model, "rls_extra_policies", ()))
             for name, (permissive, *_rest) in policies.items():
-                if permissive == "PERMISSIVE" and name not in KNOWN_POLICIES:
+                if permissive == "PERMISSIVE" and name not in allowed:
                     errors.append(
                         checks.Error(
                             f"Table {table} has an unknown permissive policy {name!r}; "

@@ -21,8 +21,12 @@ if TYPE_CHECKING:
     from tenants.models import Tenant
 
 TENANT_SETTING = "app.current_tenant"
+SUPPORT_SETTING = "app.support_session"
 
 _current_tenant: ContextVar[uuid.UUID | None] = ContextVar("current_tenant", default=None)
+_current_support_session: ContextVar[uuid.UUID | None] = ContextVar(
+    "current_support_session", default=None
+)
 
 
 class TenantScopeError(RuntimeError):
@@ -47,6 +51,11 @@ def current_tenant_id() -> uuid.UUID | None:
     return _current_tenant.get()
 
 
+def current_support_session_id() -> uuid.UUID | None:
+    """The support session this context runs under, if staff entered through one."""
+    return _current_support_session.get()
+
+
 def require_tenant_id() -> uuid.UUID:
     tenant_id = _current_tenant.get()
     if tenant_id is None:
@@ -57,37 +66,54 @@ def require_tenant_id() -> uuid.UUID:
     return tenant_id
 
 
-def _set_database_tenant(using: str, value: str) -> None:
+def _set_database_setting(using: str, name: str, value: str) -> None:
     with connections[using].cursor() as cursor:
-        cursor.execute("SELECT set_config(%s, %s, true)", [TENANT_SETTING, value])
+        cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
 
 
 @contextmanager
 def tenant_context(
-    tenant: Tenant | uuid.UUID | str, *, using: str = DEFAULT_DB_ALIAS
+    tenant: Tenant | uuid.UUID | str,
+    *,
+    support_session: uuid.UUID | str | None = None,
+    using: str = DEFAULT_DB_ALIAS,
 ) -> Iterator[uuid.UUID]:
     """Run the block as `tenant`, inside a transaction. Re-entering the same tenant is a no-op;
-    entering a different tenant while one is active raises TenantScopeError."""
+    entering a different tenant while one is active raises TenantScopeError.
+
+    With `support_session`, platform staff enter through that support session instead: the
+    database setting is `app.support_session`, not `app.current_tenant`, so rows are admitted
+    only by the support policy, which checks at every statement that the session is for
+    this tenant and still valid.
+    """
     tenant_id = coerce_tenant_id(tenant)
+    support_id = coerce_tenant_id(support_session) if support_session is not None else None
     active = _current_tenant.get()
     if active is not None:
-        if active != tenant_id:
+        if active != tenant_id or support_id != _current_support_session.get():
             raise TenantScopeError(
                 f"Already in tenant {active}; cannot enter tenant {tenant_id} inside it."
             )
         yield tenant_id
         return
 
+    setting, value = (
+        (TENANT_SETTING, str(tenant_id))
+        if support_id is None
+        else (SUPPORT_SETTING, str(support_id))
+    )
     connection = connections[using]
     nested = connection.in_atomic_block
     with transaction.atomic(using=using):
-        _set_database_tenant(using, str(tenant_id))
+        _set_database_setting(using, setting, value)
         token = _current_tenant.set(tenant_id)
+        support_token = _current_support_session.set(support_id)
         try:
             yield tenant_id
         finally:
+            _current_support_session.reset(support_token)
             _current_tenant.reset(token)
         # Leaving normally inside an outer transaction: clear the setting ourselves. On an
         # exception the savepoint rollback reverts it; at the outermost level COMMIT does.
         if nested and not connection.needs_rollback:
-            _set_database_tenant(using, "")
+            _set_database_setting(using, setting, "")

@@ -15,6 +15,18 @@ POLICY_NAME = "tenant_isolation"
 TENANT_PREDICATE = (
     "tenant_id = (SELECT NULLIF(current_setting('app.current_tenant', true), '')::uuid)"
 )
+# Support staff: admitted only through a valid support session for this tenant. The
+# function (tenants migration 0002) reads `app.support_session` and returns that session's
+# tenant while it is neither ended nor expired, NULL otherwise.
+SUPPORT_POLICY_NAME = "support_session_access"
+SUPPORT_PREDICATE = "tenant_id = (SELECT playbook_support_tenant())"
+
+
+def create_policy_sql(quote: Any, table: str, name: str, predicate: str) -> str:
+    return (
+        f"CREATE POLICY {quote(name)} ON {quote(table)} AS PERMISSIVE FOR ALL TO PUBLIC "
+        f"USING ({predicate}) WITH CHECK ({predicate})"
+    )
 
 
 def _table(state_apps: Any, app_label: str, model_name: str) -> str:
@@ -22,15 +34,69 @@ def _table(state_apps: Any, app_label: str, model_name: str) -> str:
 
 
 class EnableTenantRLS(migrations.operations.base.Operation):
-    """ENABLE + FORCE row-level security on a tenant table and create its one policy:
+    """ENABLE + FORCE row-level security on a tenant table and create its policies:
 
-        USING (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant', true), '')::uuid))
-        WITH CHECK (same)
+        tenant_isolation: USING/WITH CHECK
+            (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant', true), '')::uuid))
+        support_session_access: USING/WITH CHECK
+            (tenant_id = (SELECT playbook_support_tenant()))
 
-    FORCE makes the policy bind the table owner too; the `(SELECT ...)` form is evaluated once
-    per statement (an InitPlan), not once per row. Without a tenant setting the expression is
-    NULL, so every row is invisible and every write is rejected.
+    FORCE makes the policies bind the table owner too; the `(SELECT ...)` form is evaluated
+    once per statement (an InitPlan), not once per row. Without a tenant setting (or a valid
+    support session) the expression is NULL: every row is invisible, every write rejected.
     """
+
+    reversible = True
+    reduces_to_sql = True
+
+    def __init__(self, model_name: str, support_access: bool = True) -> None:
+        self.model_name = model_name
+        self.support_access = support_access
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        raw_table = _table(to_state.apps, app_label, self.model_name)
+        table = schema_editor.quote_name(raw_table)
+        schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        schema_editor.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+        q = schema_editor.quote_name
+        schema_editor.execute(create_policy_sql(q, raw_table, POLICY_NAME, TENANT_PREDICATE))
+        if self.support_access:
+            schema_editor.execute(
+                create_policy_sql(q, raw_table, SUPPORT_POLICY_NAME, SUPPORT_PREDICATE)
+            )
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        table = schema_editor.quote_name(_table(from_state.apps, app_label, self.model_name))
+        for name in (POLICY_NAME, SUPPORT_POLICY_NAME):
+            schema_editor.execute(
+                f"DROP POLICY IF EXISTS {schema_editor.quote_name(name)} ON {table}"
+            )
+        schema_editor.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
+        schema_editor.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+
+    def describe(self) -> str:
+        return f"Enable and force tenant row-level security on {self.model_name}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"rls_{self.model_name.lower()}"
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs: dict[str, Any] = {"model_name": self.model_name}
+        if not self.support_access:
+            kwargs["support_access"] = False
+        return (self.__class__.__qualname__, [], kwargs)
+
+
+class EnableSupportAccess(migrations.operations.base.Operation):
+    """Add the support-session policy to a tenant table created before it existed."""
 
     reversible = True
     reduces_to_sql = True
@@ -44,13 +110,11 @@ class EnableTenantRLS(migrations.operations.base.Operation):
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
-        table = schema_editor.quote_name(_table(to_state.apps, app_label, self.model_name))
-        policy = schema_editor.quote_name(POLICY_NAME)
-        schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        schema_editor.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+        table = _table(to_state.apps, app_label, self.model_name)
         schema_editor.execute(
-            f"CREATE POLICY {policy} ON {table} AS PERMISSIVE FOR ALL TO PUBLIC "
-            f"USING ({TENANT_PREDICATE}) WITH CHECK ({TENANT_PREDICATE})"
+            create_policy_sql(
+                schema_editor.quote_name, table, SUPPORT_POLICY_NAME, SUPPORT_PREDICATE
+            )
         )
 
     def database_backwards(
@@ -58,17 +122,15 @@ class EnableTenantRLS(migrations.operations.base.Operation):
     ) -> None:
         table = schema_editor.quote_name(_table(from_state.apps, app_label, self.model_name))
         schema_editor.execute(
-            f"DROP POLICY IF EXISTS {schema_editor.quote_name(POLICY_NAME)} ON {table}"
+            f"DROP POLICY IF EXISTS {schema_editor.quote_name(SUPPORT_POLICY_NAME)} ON {table}"
         )
-        schema_editor.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
-        schema_editor.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
 
     def describe(self) -> str:
-        return f"Enable and force tenant row-level security on {self.model_name}"
+        return f"Support-session policy on {self.model_name}"
 
     @property
     def migration_name_fragment(self) -> str:
-        return f"rls_{self.model_name.lower()}"
+        return f"support_{self.model_name.lower()}"
 
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         return (self.__class__.__qualname__, [], {"model_name": self.model_name})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from django.core.validators import RegexValidator
 from django.db import models
@@ -46,6 +46,12 @@ class Tenant(models.Model):
         return self.name
 
 
+class CrossTenantForeignKey(models.ForeignKey):
+    """A foreign key that deliberately points outside the tenant: at platform staff, who
+    belong to no tenant. The same-tenant check (tenants.E030) skips it; use it for nothing else.
+    """
+
+
 class TenantScopedQuerySet(models.QuerySet):
     def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[Any]:
         objs = list(objs)
@@ -82,6 +88,10 @@ class TenantScopedModel(models.Model):
     tenant = models.ForeignKey(
         Tenant, on_delete=models.PROTECT, related_name="+", editable=False, db_index=False
     )
+
+    # Row-level security shape, checked by tenants.checks against the live database.
+    rls_support_access: ClassVar[bool] = True
+    rls_extra_policies: ClassVar[frozenset[str]] = frozenset()
 
     objects = TenantScopedManager()
     all_tenants = models.Manager()  # noqa: DJ012 (ruff takes a Manager for a field)

@@ -113,3 +113,21 @@ def unique_queue() -> str:
 def fast_password_hashing() -> None:
     # PBKDF2's work factor is the point in production and pure waste in tests.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def live_server_url(live_db: None) -> Iterator[str]:
+    """The real app on a loopback port, in a thread, against the test database (committed
+    data). Requests from the app to itself (OIDC discovery, token, JWKS) work too."""
+    from django.test.testcases import LiveServerThread, _StaticFilesHandler
+
+    thread = LiveServerThread("127.0.0.1", _StaticFilesHandler, connections_override={}, port=0)
+    thread.daemon = True
+    thread.start()
+    thread.is_ready.wait()
+    if thread.error:
+        raise thread.error
+    try:
+        yield f"http://127.0.0.1:{thread.port}"
+    finally:
+        thread.terminate()

@@ -150,8 +150,9 @@ def test_bad_json_is_a_clear_400(acme: World) -> None:
 
 def test_no_principal_or_no_tenant_gets_no_data(acme: World) -> None:
     anonymous = Client().get("/api/v1/conversations/")
-    assert anonymous.status_code == 403
+    assert anonymous.status_code == 401
     assert anonymous.json()["code"] == "not_authenticated"
+    assert anonymous["WWW-Authenticate"] == 'Bearer realm="playbook"'
     staff = UserFactory(username="support@platform.test", tenant=None, is_staff=True)
     response = client_for(staff).get("/api/v1/conversations/")
     assert response.status_code == 403

@@ -27,7 +27,8 @@ def test_seed_demo_is_repeatable_and_each_tenant_sees_its_own_data() -> None:
     call_command("seed_demo", stdout=StringIO())
     assert "cara@northwind.demo" in out.getvalue()
     assert Tenant.objects.filter(slug__in=["northwind", "bluebird"]).count() == 2
-    assert User.objects.filter(username__endswith=".demo").count() == 8
+    assert User.objects.filter(username__endswith=".demo", tenant__isnull=False).count() == 8
+    assert User.objects.get(username="support@playbook.demo").is_staff
     for slug in ("northwind", "bluebird"):
         tenant = Tenant.objects.get(slug=slug)
         with tenant_context(tenant):
@@ -36,3 +37,17 @@ def test_seed_demo_is_repeatable_and_each_tenant_sees_its_own_data() -> None:
                 Conversation.objects.values_list("client__username", flat=True).distinct()
             )
             assert clients and all(name.endswith(f"@{slug}.demo") for name in clients)
+
+
+def test_the_openapi_schema_generates_without_warnings() -> None:
+    out = StringIO()
+    call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
+    schema = out.getvalue()
+    for path in (
+        "/api/v1/me",
+        "/api/v1/conversations/",
+        "/api/v1/api-keys/",
+        "/api/v1/support-sessions/",
+    ):
+        assert f"{path}:" in schema
+    assert "scheme: bearer" in schema

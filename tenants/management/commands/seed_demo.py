@@ -62,6 +62,9 @@ DEMO_TENANTS: list[dict[str, Any]] = [
 ]
 
 
+SUPPORT_USERNAME = "support@playbook.demo"
+
+
 class Command(BaseCommand):
     help = "Create the demo tenants, people and conversations (development only)."
 
@@ -70,14 +73,39 @@ class Command(BaseCommand):
             raise CommandError(
                 "seed_demo creates accounts with a known password; not in production."
             )
+        if settings.DEV_IDP:
+            from devidp.clients import ensure_web_client, site_uris
+
+            ensure_web_client(*site_uris(settings.SITE_URL))
         for spec in DEMO_TENANTS:
             self.seed_tenant(spec)
-        self.stdout.write(f"\nDemo accounts (password for all: {DEMO_PASSWORD})\n")
+        self.seed_support_staff()
+        self.stdout.write(
+            f"\nDemo accounts (password for all: {DEMO_PASSWORD}); log in at "
+            f"{settings.SITE_URL}/login/\n"
+        )
         for spec in DEMO_TENANTS:
             self.stdout.write(f"  {spec['name']} ({spec['slug']})")
             for username, _first, _last, role in spec["people"]:
                 self.stdout.write(f"    {username}@{spec['slug']}.demo  {role}")
-        self.stdout.write("")
+        self.stdout.write(
+            f"  Platform support (admin at {settings.SITE_URL}/admin/; first set up a TOTP app "
+            f"at {settings.SITE_URL}/admin/enroll/)\n    {SUPPORT_USERNAME}\n"
+        )
+
+    def seed_support_staff(self) -> None:
+        if User.objects.filter(username=SUPPORT_USERNAME).exists():
+            return
+        staff = User(
+            username=SUPPORT_USERNAME,
+            email=SUPPORT_USERNAME,
+            first_name="Sam",
+            last_name="Support",
+            is_staff=True,
+            is_superuser=True,
+        )
+        staff.set_password(DEMO_PASSWORD)
+        staff.save()
 
     @transaction.atomic
     def seed_tenant(self, spec: dict[str, Any]) -> None:
@@ -85,9 +113,14 @@ class Command(BaseCommand):
             slug=spec["slug"], defaults={"name": spec["name"], "plan": spec["plan"]}
         )
         if not created:
+            if settings.DEV_IDP:  # demo data from before the local provider: give it logins
+                for username, _first, _last, role in spec["people"]:
+                    user = User.objects.filter(username=f"{username}@{spec['slug']}.demo").first()
+                    if user is not None and not user.oidc_subject:
+                        self.register_identity(user, tenant, role)
             return
         users: dict[str, User] = {}
-        for username, first, last, _role in spec["people"]:
+        for username, first, last, role in spec["people"]:
             user = User(
                 username=f"{username}@{spec['slug']}.demo",
                 email=f"{username}@{spec['slug']}.demo",
@@ -98,6 +131,8 @@ class Command(BaseCommand):
             user.set_password(DEMO_PASSWORD)
             user.save()
             users[username] = user
+            if settings.DEV_IDP:
+                self.register_identity(user, tenant, role)
         with tenant_context(tenant):
             for username, _first, _last, role in spec["people"]:
                 Membership.objects.create(user=users[username], role=role)
@@ -119,3 +154,12 @@ class Command(BaseCommand):
                     body="Thanks — I'll walk you through the playbook's framework for this.",
                 )
         self.stdout.write(self.style.SUCCESS(f"Created demo tenant {tenant.name}"))
+
+    def register_identity(self, user: User, tenant: Tenant, role: str) -> None:
+        """The person's account at the local provider, already bound (as after a first login)."""
+        from devidp.models import DevIdentity
+
+        identity = DevIdentity.objects.create(user=user, tenant_claim=str(tenant.id), roles=[role])
+        user.oidc_issuer = settings.OIDC_ISSUER
+        user.oidc_subject = str(identity.subject)
+        user.save(update_fields=["oidc_issuer", "oidc_subject"])

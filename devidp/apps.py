@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DevIdPConfig(AppConfig):
+    name = "devidp"
+    verbose_name = "Local identity provider (development)"
