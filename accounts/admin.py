@@ -39,7 +39,7 @@ from accounts.models import ApiKey, Membership, SupportSession, User
 from audit.actions import record_audit_event
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
-from tenants.context import current_support_session_id
+from tenants.context import current_support_session_id, tenant_context
 from tenants.models import Tenant
 
 
@@ -211,6 +211,18 @@ class TenantAdmin(admin.ModelAdmin):
     search_fields = ["name", "slug"]
     list_filter = ["plan", "status", "region"]
     readonly_fields = ["id", "created_at", "updated_at"]
+
+    def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # A platform change to a tenant is written to that tenant's own log.
+        with tenant_context(obj):
+            record_audit_event(
+                "tenant.updated" if change else "tenant.created",
+                actor=request.user,
+                resource_type="tenant",
+                resource_id=obj.pk,
+                context={"fields": sorted(form.changed_data)},
+            )
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return support.is_support_staff(request.user)

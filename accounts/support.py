@@ -62,8 +62,15 @@ def support_session_admits_rows() -> bool:
     return row is not None and row[0] is not None
 
 
-def _session_management_paths() -> set[str]:
-    return {reverse("admin:support_open"), reverse("admin:support_end")}
+def _platform_paths() -> tuple[str, ...]:
+    """Admin pages that act on platform records (support sessions themselves, tenants, staff
+    accounts), each entering a tenant's own context where it writes to that tenant."""
+    return (
+        reverse("admin:support_open"),
+        reverse("admin:support_end"),
+        reverse("admin:tenants_tenant_changelist"),
+        reverse("admin:accounts_user_changelist"),
+    )
 
 
 def resolve_request_context(request: HttpRequest) -> RequestTenant | None:
@@ -74,10 +81,10 @@ def resolve_request_context(request: HttpRequest) -> RequestTenant | None:
     data = active_support_session(request)
     if data is None:
         return None
-    if request.path_info in _session_management_paths():
-        # Opening and ending a session write the session row and its audit event in the
-        # tenant's own context (open/end_support_session); a request already inside the
-        # support context could not enter it (TenantScopeError), and needs no tenant data.
+    if request.path_info.startswith(_platform_paths()):
+        # These write in the tenant's own context (open/end_support_session, tenant changes);
+        # a request already inside the support context could not enter it, and they need no
+        # tenant data.
         return None
     try:
         return RequestTenant(uuid.UUID(data["tenant_id"]), uuid.UUID(data["id"]))

@@ -1,23 +1,39 @@
 """`record_audit_event`: the one way to write the audit log.
 
-It writes in the caller's transaction (inside the tenant context), so a change that rolls
-back leaves no event and a committed change always has one.
+It calls the database function `audit_record_event` in the caller's transaction (inside the
+tenant context): a change that rolls back leaves no event, a committed change always has
+one, and the function chains the event onto the tenant's log under a per-tenant lock.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+
+from django.db import connection
 
 from audit.context import current_request_info
 from audit.models import AuditEvent
+from audit.payload import json_safe, redact
+from audit.verify_export import canonical_json
 from tenants.context import current_support_session_id, require_tenant_id
 
 
+@dataclass(frozen=True)
+class RecordedEvent:
+    id: int
+    seq: int
+    hash: str
+
+
 def _actor(actor: Any) -> tuple[str, str, str]:
-    """(actor_type, actor_id, label) for a user, an API key principal, or the system."""
+    """(actor_type, actor_id, label) for a user, staff, an API key principal, or the system."""
     staff = getattr(actor, "is_staff", False) and getattr(actor, "tenant_id", None) is None
     if current_support_session_id() is not None or staff:
-        return AuditEvent.ActorType.SUPPORT, str(getattr(actor, "pk", "")), str(actor or "")
+        return AuditEvent.ActorType.SUPPORT, str(getattr(actor, "pk", "") or ""), str(actor or "")
     if actor is None or not getattr(actor, "is_authenticated", False):
         return AuditEvent.ActorType.SYSTEM, "", "system"
     kind = getattr(actor, "actor_type", AuditEvent.ActorType.USER)
@@ -28,13 +44,21 @@ def record_audit_event(
     action: str,
     *,
     actor: Any = None,
+    actor_type: str | None = None,
     resource_type: str = "",
     resource_id: object = "",
+    agent_run_id: object = "",
+    payload: Any = None,
     context: dict[str, Any] | None = None,
-) -> AuditEvent:
+) -> RecordedEvent:
+    """Append an event to the current tenant's log, in the current transaction.
+
+    `payload`: what the action was given (hashed, secrets redacted, never stored); by default
+    the current request's payload. `context`: small, non-secret details stored with the event.
+    """
     require_tenant_id()
-    actor_type, actor_id, label = _actor(actor)
-    details = dict(context or {})
+    kind, actor_id, label = _actor(actor)
+    details = json_safe(redact(dict(context or {})))
     support_session = current_support_session_id()
     if support_session is not None:
         from accounts.models import SupportSession
@@ -47,15 +71,42 @@ def record_audit_event(
             .first()
         )
     info = current_request_info()
-    return AuditEvent.objects.create(
-        actor_type=actor_type,
-        actor_id=actor_id,
-        actor_label=label[:255],
-        action=action,
-        resource_type=resource_type,
-        resource_id=str(resource_id or "")[:64],
-        request_id=info.request_id if info else "",
-        ip=info.ip if info else None,
-        user_agent=info.user_agent if info else "",
-        context=details,
-    )
+    if payload is not None:
+        payload_digest = hashlib.sha256(canonical_json(redact(payload)).encode()).hexdigest()
+    else:
+        payload_digest = info.payload_sha256 if info else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT event_id, event_seq, event_hash FROM audit_record_event("
+            "%s, %s, %s, %s, %s, %s, %s, %s, %s::inet, %s, %s, %s)",
+            [
+                actor_type or kind,
+                actor_id[:64],
+                label[:255],
+                action[:64],
+                resource_type[:64],
+                "" if resource_id is None else str(resource_id)[:64],
+                info.request_id if info else "",
+                "" if agent_run_id is None else str(agent_run_id)[:64],
+                info.ip if info else None,
+                info.user_agent if info else "",
+                payload_digest,
+                canonical_json(details),
+            ],
+        )
+        event_id, seq, digest = cursor.fetchone()
+    return RecordedEvent(id=event_id, seq=seq, hash=digest)
+
+
+@contextmanager
+def audit_operator() -> Iterator[None]:
+    """Read the whole log of the current tenant from an operator command (export, verify):
+    sets `app.audit_operator`, which the audit read policy honours. Not for request paths."""
+    require_tenant_id()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('app.audit_operator', 'on', true)")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('app.audit_operator', '', true)")

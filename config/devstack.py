@@ -84,6 +84,24 @@ def ensure_rsa_key(path: Path) -> Path:
     return path
 
 
+def ensure_ed25519_key(path: Path) -> Path:
+    """The audit signing key for development, made once, kept in .data/."""
+    if not path.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(
+            Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+    return path
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 
@@ -315,6 +333,8 @@ class Stack:
         env["OIDC_RP_CLIENT_SECRET"] = state.get("OIDC_RP_CLIENT_SECRET") or secrets.token_urlsafe(
             32
         )
+        # The platform key that signs audit-log exports and checkpoints.
+        env["AUDIT_SIGNING_KEY_FILE"] = str(ensure_ed25519_key(DATA_DIR / "audit_ed25519.pem"))
 
         write_state(env)
         self.env = env
@@ -385,7 +405,7 @@ def cmd_dev(host: str, port: int) -> int:
                 env=env,
                 start_new_session=True,
             ),
-            subprocess.Popen(
+            subprocess.Popen(  # noqa: S603
                 [
                     sys.executable,
                     "-m",
@@ -399,6 +419,10 @@ def cmd_dev(host: str, port: int) -> int:
                     "2",
                     "--pool",
                     "threads",
+                    # The periodic jobs (audit checkpoints) run in the same process in dev.
+                    "--beat",
+                    "--schedule",
+                    str(DATA_DIR / "celerybeat-schedule"),
                 ],
                 cwd=BASE_DIR,
                 env=env,

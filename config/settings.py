@@ -256,6 +256,19 @@ if DEV_IDP:
         "ACCESS_TOKEN_EXPIRE_SECONDS": 3600,
     }
 
+# --------------------------------------------------------------------------- audit log
+
+# Ed25519 private key (PEM) that signs audit exports and chain checkpoints; `make dev`
+# generates one in .data/. Production: a key from your secret store, mounted as a file.
+AUDIT_SIGNING_KEY_FILE = env.str("AUDIT_SIGNING_KEY_FILE", default="")
+AUDIT_CHECKPOINT_MINUTES = env.int("AUDIT_CHECKPOINT_MINUTES", default=15)
+CELERY_BEAT_SCHEDULE = {
+    "audit-checkpoints": {
+        "task": "audit.checkpoint_all_tenants",
+        "schedule": AUDIT_CHECKPOINT_MINUTES * 60.0,
+    },
+}
+
 # --------------------------------------------------------------------------- support admin
 
 TENANT_CONTEXT_RESOLVER = "accounts.support.resolve_request_context"

@@ -6,6 +6,8 @@ from rest_framework.routers import DefaultRouter
 from accounts import api as accounts_api
 from accounts import views as accounts_views
 from accounts.admin import support_admin_site
+from audit import api as audit_api
+from audit import views as audit_views
 from config import views
 from conversations.api import ConversationViewSet
 
@@ -13,6 +15,7 @@ router = DefaultRouter()
 router.register("conversations", ConversationViewSet, basename="conversation")
 router.register("api-keys", accounts_api.ApiKeyViewSet, basename="api-key")
 router.register("support-sessions", accounts_api.SupportSessionViewSet, basename="support-session")
+router.register("audit/events", audit_api.AuditEventViewSet, basename="audit-event")
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -32,6 +35,13 @@ urlpatterns = [
     ),
     path("admin/", support_admin_site.urls),
     path("api/v1/me", accounts_api.MeView.as_view(), name="me"),
+    path(
+        "api/v1/audit/export",
+        audit_api.AuditExportViewSet.as_view({"get": "export"}),
+        name="audit-export",
+    ),
+    path(".well-known/playbook-audit-key", audit_api.public_key, name="audit-public-key"),
+    path("app/audit/", audit_views.audit_log, name="audit-log"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

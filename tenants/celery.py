@@ -18,6 +18,10 @@ from tenants.context import TenantScopeError, coerce_tenant_id, tenant_context
 class TenantTask(Task):
     abstract = True
     tenant_scoped = True
+    # Each run writes a `task.<name>` audit event in the same transaction as its work, so a
+    # task that fails (and rolls back) leaves none. A task may opt out only when it is
+    # itself a record of the log (the audit checkpoint).
+    audit_event = True
 
     def _tenant_id_from(self, kwargs: dict[str, Any] | None) -> str:
         raw = (kwargs or {}).get("tenant_id")
@@ -39,7 +43,18 @@ class TenantTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tenant_id = self._tenant_id_from(kwargs)
         with tenant_context(tenant_id):
-            return self.run(*args, **kwargs)
+            result = self.run(*args, **kwargs)
+            if self.audit_event:
+                from audit.actions import record_audit_event
+
+                record_audit_event(
+                    f"task.{self.name}"[:64],
+                    actor_type="system",
+                    resource_type="task",
+                    resource_id=getattr(self.request, "id", "") or "",
+                    context={"task": self.name},
+                )
+            return result
 
 
 class SystemTask(Task):

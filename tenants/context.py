@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 TENANT_SETTING = "app.current_tenant"
 SUPPORT_SETTING = "app.support_session"
+# The authenticated user (for policies that depend on the role, e.g. reading the audit log).
+USER_SETTING = "app.current_user"
 
 _current_tenant: ContextVar[uuid.UUID | None] = ContextVar("current_tenant", default=None)
 _current_support_session: ContextVar[uuid.UUID | None] = ContextVar(
@@ -76,6 +78,7 @@ def tenant_context(
     tenant: Tenant | uuid.UUID | str,
     *,
     support_session: uuid.UUID | str | None = None,
+    user_id: int | None = None,
     using: str = DEFAULT_DB_ALIAS,
 ) -> Iterator[uuid.UUID]:
     """Run the block as `tenant`, inside a transaction. Re-entering the same tenant is a no-op;
@@ -84,7 +87,8 @@ def tenant_context(
     With `support_session`, platform staff enter through that support session instead: the
     database setting is `app.support_session`, not `app.current_tenant`, so rows are admitted
     only by the support policy, which checks at every statement that the session is for
-    this tenant and still valid.
+    this tenant and still valid. `user_id` names the authenticated user to the database
+    (`app.current_user`), for policies that depend on the user's role.
     """
     tenant_id = coerce_tenant_id(tenant)
     support_id = coerce_tenant_id(support_session) if support_session is not None else None
@@ -106,6 +110,8 @@ def tenant_context(
     nested = connection.in_atomic_block
     with transaction.atomic(using=using):
         _set_database_setting(using, setting, value)
+        if user_id is not None:
+            _set_database_setting(using, USER_SETTING, str(int(user_id)))
         token = _current_tenant.set(tenant_id)
         support_token = _current_support_session.set(support_id)
         try:
@@ -117,3 +123,5 @@ def tenant_context(
         # exception the savepoint rollback reverts it; at the outermost level COMMIT does.
         if nested and not connection.needs_rollback:
             _set_database_setting(using, setting, "")
+            if user_id is not None:
+                _set_database_setting(using, USER_SETTING, "")

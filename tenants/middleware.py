@@ -25,6 +25,7 @@ from tenants.context import tenant_context
 class RequestTenant(NamedTuple):
     tenant_id: uuid.UUID
     support_session_id: uuid.UUID | None = None
+    user_id: int | None = None
 
 
 def principal_tenant(request: HttpRequest) -> RequestTenant | None:
@@ -33,7 +34,11 @@ def principal_tenant(request: HttpRequest) -> RequestTenant | None:
     if user is None or not user.is_authenticated:
         return None
     tenant_id = getattr(user, "tenant_id", None)
-    return RequestTenant(tenant_id) if tenant_id is not None else None
+    if tenant_id is None:
+        return None
+    # API keys are principals too, but not users: no user id for role-based policies.
+    user_id = user.pk if isinstance(user.pk, int) else None
+    return RequestTenant(tenant_id, user_id=user_id)
 
 
 class TenantContextMiddleware:
@@ -48,5 +53,9 @@ class TenantContextMiddleware:
         resolved = self.resolve(request)
         if resolved is None:
             return self.get_response(request)
-        with tenant_context(resolved.tenant_id, support_session=resolved.support_session_id):
+        with tenant_context(
+            resolved.tenant_id,
+            support_session=resolved.support_session_id,
+            user_id=resolved.user_id,
+        ):
             return self.get_response(request)

@@ -8,6 +8,7 @@ from typing import Any
 from celery import shared_task
 from django.db import connection
 
+from audit.actions import record_audit_event
 from conversations.models import Conversation
 from tenants.celery import SystemTask
 from tenants.context import TenantScopeError, current_tenant_id
@@ -36,3 +37,10 @@ def system_sweep() -> dict[str, Any]:
     except TenantScopeError:
         orm = "refused"
     return {"context": current_tenant_id(), "orm": orm, "raw": _raw_conversation_ids()}
+
+
+@shared_task(name="tests.fails_after_writing")
+def fails_after_writing(*, tenant_id: str) -> None:
+    """Writes an audit event, then fails: the whole run must roll back (audit tests)."""
+    record_audit_event("tests.written_before_failure", actor_type="system")
+    raise RuntimeError("the probe task fails after writing")

@@ -21,7 +21,17 @@ from django.db import connections
 
 from tenants.provisioning import RoleSpec, provision
 
-APP_LABELS = ("tenants", "accounts", "conversations", "agents", "billing", "audit")
+APP_LABELS = (
+    "tenants",
+    "accounts",
+    "conversations",
+    "agents",
+    "billing",
+    "audit",
+    "devidp",
+    "oauth2_provider",
+    "otp_totp",
+)
 
 
 def _conninfo(alias: str, **overrides: Any) -> str:
@@ -71,9 +81,10 @@ def _app_tables() -> list[str]:
     tables = [
         model._meta.db_table
         for label in APP_LABELS
+        if label in {config.label for config in apps.get_app_configs()}
         for model in apps.get_app_config(label).get_models()
     ]
-    return [*tables, "django_session", "django_admin_log"]
+    return [*tables, "audit_chain_heads", "django_session", "django_admin_log"]
 
 
 @pytest.fixture
@@ -93,14 +104,18 @@ def owner_sql(django_db_setup: None) -> Iterator[Callable[..., list[tuple[Any, .
 def live_db(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """Database access with real commits (for threads, other processes and connection reuse).
 
-    Cleans up as the owner with TRUNCATE: the runtime role has no TRUNCATE privilege, and
-    under row-level security it could not see other tenants' rows to delete them anyway.
+    Cleans up with TRUNCATE as the administrator: the runtime role has no TRUNCATE
+    privilege (under row-level security it could not see other tenants' rows anyway), and
+    the audit log refuses TRUNCATE from everyone but a superuser.
     """
     with django_db_blocker.unblock():
         yield
         for alias in ("default", "owner"):
             connections[alias].close()
-        with psycopg.connect(_conninfo("owner"), autocommit=True) as conn:
+        admin = psycopg.conninfo.make_conninfo(
+            settings.DATABASE_ADMIN_URL, dbname=connections["default"].settings_dict["NAME"]
+        )
+        with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in _app_tables()) + " CASCADE")
 
 

@@ -20,6 +20,7 @@ from drf_spectacular.generators import SchemaGenerator
 
 from accounts import api_keys
 from accounts.models import ApiKey, Membership, SupportSession, User
+from audit.actions import audit_operator
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
 from tenants.context import tenant_context
@@ -37,6 +38,7 @@ class Tenancy:
     outsider: User  # a user of the tenant without a membership
     api_key: ApiKey  # an existing key, the target of the api-keys detail endpoints
     support_session: SupportSession
+    audit_event_id: int  # an event of this tenant's log (the keys' creation)
     read_key: str  # plaintext partner keys, one per scope
     write_key: str
 
@@ -63,7 +65,10 @@ def make_tenancy(slug: str, staff: User) -> Tenancy:
     target, _ = issue(world, scope="read", name="Target")
     _, read_key = issue(world, scope="read", name="Reader")
     _, write_key = issue(world, scope="write", name="Writer")
-    return Tenancy(world, admin, outsider, target, session, read_key, write_key)
+    with tenant_context(world.tenant), audit_operator():
+        event_id = AuditEvent.objects.values_list("id", flat=True).first()
+    assert event_id is not None
+    return Tenancy(world, admin, outsider, target, session, event_id, read_key, write_key)
 
 
 @pytest.fixture
@@ -113,6 +118,9 @@ ENDPOINTS: list[tuple[str, str]] = [
     ("DELETE", "/api/v1/api-keys/{api_key}/"),
     ("GET", "/api/v1/support-sessions/"),
     ("GET", "/api/v1/support-sessions/{support_session}/"),
+    ("GET", "/api/v1/audit/events/"),
+    ("GET", "/api/v1/audit/events/{audit_event}/"),
+    ("GET", "/api/v1/audit/export"),
 ]
 DETAIL_ENDPOINTS = [e for e in ENDPOINTS if "{" in e[1]]
 
@@ -122,6 +130,7 @@ def url_for(template: str, tenancy: Tenancy) -> str:
         conversation=tenancy.world.conversations[0].id,  # the first client's conversation
         api_key=tenancy.api_key.id,
         support_session=tenancy.support_session.id,
+        audit_event=tenancy.audit_event_id,
     )
 
 
@@ -148,7 +157,8 @@ def test_the_matrix_covers_every_routed_endpoint() -> None:
             method,
             template.replace("{conversation}", "{id}")
             .replace("{api_key}", "{id}")
-            .replace("{support_session}", "{id}"),
+            .replace("{support_session}", "{id}")
+            .replace("{audit_event}", "{id}"),
         )
         for method, template in ENDPOINTS
     }
@@ -190,7 +200,7 @@ def test_platform_staff_without_a_tenant_get_no_tenant_data(
 
 
 OK = {"GET": 200, "POST": 201, "DELETE": 204}
-TENANT_ADMIN_ONLY = ("/api/v1/api-keys/", "/api/v1/support-sessions/")
+TENANT_ADMIN_ONLY = ("/api/v1/api-keys/", "/api/v1/support-sessions/", "/api/v1/audit/")
 
 
 def expected_status(principal: str, method: str, template: str) -> int:
@@ -261,7 +271,10 @@ def test_another_tenants_object_is_a_404_like_a_missing_one(
     theirs = call(client, method, url_for(template, globex), body)
     missing_id = uuid.uuid4()
     missing_url = template.format(
-        conversation=missing_id, api_key=missing_id, support_session=missing_id
+        conversation=missing_id,
+        api_key=missing_id,
+        support_session=missing_id,
+        audit_event=2**62,
     )
     missing = call(client, method, missing_url, body)
     assert theirs.status_code == missing.status_code == 404
@@ -355,7 +368,7 @@ def test_api_key_lifecycle(acme: Tenancy, globex: Tenancy) -> None:
     detail = owner.get(f"/api/v1/api-keys/{shown['id']}/").json()
     assert detail["is_active"] is False
     assert detail["revoked_at"] is not None
-    with tenant_context(acme.tenant_id):
+    with tenant_context(acme.tenant_id), audit_operator():
         actions = set(
             AuditEvent.objects.filter(resource_id=shown["id"]).values_list("action", flat=True)
         )

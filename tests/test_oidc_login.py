@@ -26,6 +26,7 @@ from oauth2_provider.models import get_application_model
 
 from accounts import oidc
 from accounts.models import Membership, User
+from audit.actions import audit_operator
 from audit.models import AuditEvent
 from devidp.clients import ensure_web_client
 from devidp.models import DevIdentity
@@ -118,7 +119,7 @@ def test_first_login_binds_the_tenant_from_the_signed_claim(provider: Provider) 
     assert me["id"] == str(account.pk)
     assert account.tenant_id == acme.tenant.id
     assert not account.has_usable_password()
-    with tenant_context(acme.tenant):
+    with tenant_context(acme.tenant), audit_operator():
         assert Membership.objects.get(user=account).role == "consultant"
         assert AuditEvent.objects.filter(action="auth.login", actor_id=str(account.pk)).count() == 1
 
@@ -164,7 +165,7 @@ def test_a_changed_tenant_claim_is_refused_and_recorded(provider: Provider) -> N
     assert second.get(f"{provider.url}/api/v1/me").status_code == 401  # no session
     account = User.objects.get(oidc_subject=str(identity.subject))
     assert account.tenant_id == acme.tenant.id
-    with tenant_context(acme.tenant):
+    with tenant_context(acme.tenant), audit_operator():
         event = AuditEvent.objects.get(action="auth.login_refused")
         assert event.context["reason"] == "tenant_claim_changed"
         assert event.context["claimed_tenant"] == str(globex.tenant.id)

@@ -19,6 +19,7 @@ from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import SupportSession, User
+from audit.actions import audit_operator, record_audit_event
 from audit.models import AuditEvent
 from conversations.models import Conversation
 from tenants.context import tenant_context
@@ -105,7 +106,7 @@ def page(response: Any) -> str:
 
 
 def support_events(world: World, action: str | None = None) -> list[AuditEvent]:
-    with tenant_context(world.tenant):
+    with tenant_context(world.tenant), audit_operator():
         events = AuditEvent.objects.filter(actor_type=AuditEvent.ActorType.SUPPORT)
         if action is not None:
             events = events.filter(action=action)
@@ -456,13 +457,13 @@ def make_session(world: World, staff: User, **fields: Any) -> SupportSession:
         return session
 
 
-def insert_audit_row(tenant_id: uuid.UUID) -> None:
+def insert_conversation_row(world: World) -> None:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO audit_auditevent (tenant_id, created_at, actor_type, actor_id, "
-            "actor_label, action, resource_type, resource_id, request_id, user_agent, context) "
-            "VALUES (%s, now(), 'support', '', '', 'test.write', '', '', '', '', '{}')",
-            [tenant_id],
+            "INSERT INTO conversations_conversation "
+            "(id, tenant_id, client_id, title, status, created_at, updated_at) "
+            "VALUES (gen_random_uuid(), %s, %s, 'support write', 'open', now(), now())",
+            [world.tenant.id, world.client.id],
         )
 
 
@@ -493,7 +494,7 @@ def test_an_ended_or_expired_session_admits_nothing(staff: User, acme: World, en
     with tenant_context(acme.tenant, support_session=session.id):
         assert raw_conversation_ids() == set()
         with pytest.raises(ProgrammingError, match="row-level security"):
-            insert_audit_row(acme.tenant.id)
+            insert_conversation_row(acme)
 
 
 def test_writes_for_another_tenant_are_refused_in_a_support_session(
@@ -501,9 +502,10 @@ def test_writes_for_another_tenant_are_refused_in_a_support_session(
 ) -> None:
     session = make_session(acme, staff)
     with tenant_context(acme.tenant, support_session=session.id):
-        insert_audit_row(acme.tenant.id)  # its own tenant: admitted
+        insert_conversation_row(acme)  # its own tenant: admitted
+        record_audit_event("test.write", actor=staff)  # lands in the session's tenant
         with pytest.raises(ProgrammingError, match="row-level security"):
-            insert_audit_row(globex.tenant.id)
+            insert_conversation_row(globex)
         with connection.cursor() as cursor:
             cursor.execute(
                 "UPDATE conversations_conversation SET title = 'hijacked' WHERE id = ANY(%s)",
@@ -515,10 +517,11 @@ def test_writes_for_another_tenant_are_refused_in_a_support_session(
                     "UPDATE conversations_conversation SET tenant_id = %s WHERE id = %s",
                     [globex.tenant.id, acme.conversations[0].id],
                 )
-    with tenant_context(globex.tenant):
+    with tenant_context(globex.tenant), audit_operator():
         assert sorted(Conversation.objects.values_list("title", flat=True)) == sorted(
             titles(globex)
         )
         assert not AuditEvent.objects.filter(action="test.write").exists()
-    with tenant_context(acme.tenant):
+    with tenant_context(acme.tenant), audit_operator():
+        assert Conversation.objects.filter(title="support write").count() == 1
         assert AuditEvent.objects.filter(action="test.write").count() == 1
