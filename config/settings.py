@@ -269,6 +269,22 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --------------------------------------------------------------------------- agents
+
+# Default embedder for playbook chunks: "hashing" (no dependencies), "minilm" (the
+# all-MiniLM-L6-v2 extra), or "openai:<model>" (a tenant's OpenAI-compatible key). A tenant's
+# data_source entitlement may name another; changing it re-embeds that tenant's chunks.
+PLAYBOOK_EMBEDDER = env.str("PLAYBOOK_EMBEDDER", default="hashing")
+PLAYBOOK_MAX_UPLOAD_BYTES = env.int("PLAYBOOK_MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
+# pgvector HNSW search under RLS: candidates scanned per query, iterative scan for filters.
+PLAYBOOK_HNSW_EF_SEARCH = env.int("PLAYBOOK_HNSW_EF_SEARCH", default=100)
+# How long a resolved entitlement set is cached in Redis (invalidated on change).
+REGISTRY_CACHE_SECONDS = env.int("REGISTRY_CACHE_SECONDS", default=60)
+# The http_request tool refuses endpoints on private or loopback addresses (SSRF) unless set.
+AGENT_HTTP_ALLOW_PRIVATE = env.bool("AGENT_HTTP_ALLOW_PRIVATE", default=False)
+AGENT_MAX_TOOL_ROUNDS = env.int("AGENT_MAX_TOOL_ROUNDS", default=4)
+DATA_UPLOAD_MAX_MEMORY_SIZE = PLAYBOOK_MAX_UPLOAD_BYTES + 1024 * 1024
+
 # --------------------------------------------------------------------------- support admin
 
 TENANT_CONTEXT_RESOLVER = "accounts.support.resolve_request_context"
@@ -339,7 +355,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

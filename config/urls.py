@@ -6,9 +6,12 @@ from rest_framework.routers import DefaultRouter
 from accounts import api as accounts_api
 from accounts import views as accounts_views
 from accounts.admin import support_admin_site
+from agents import api as agents_api
+from agents import documents_api
 from audit import api as audit_api
 from audit import views as audit_views
 from config import views
+from conversations import review_api
 from conversations.api import ConversationViewSet
 
 router = DefaultRouter()
@@ -16,6 +19,10 @@ router.register("conversations", ConversationViewSet, basename="conversation")
 router.register("api-keys", accounts_api.ApiKeyViewSet, basename="api-key")
 router.register("support-sessions", accounts_api.SupportSessionViewSet, basename="support-session")
 router.register("audit/events", audit_api.AuditEventViewSet, basename="audit-event")
+router.register("documents", documents_api.DocumentViewSet, basename="document")
+router.register("agent-runs", agents_api.AgentRunViewSet, basename="agent-run")
+router.register("registry/entitlements", agents_api.EntitlementViewSet, basename="entitlement")
+router.register("review-queue", review_api.ReviewQueueViewSet, basename="review-queue")
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -41,6 +48,11 @@ urlpatterns = [
         name="audit-export",
     ),
     path(".well-known/playbook-audit-key", audit_api.public_key, name="audit-public-key"),
+    path(
+        "api/v1/registry/",
+        agents_api.RegistryViewSet.as_view({"get": "resolved"}),
+        name="registry",
+    ),
     path("app/audit/", audit_views.audit_log, name="audit-log"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

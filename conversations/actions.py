@@ -35,8 +35,15 @@ def create_conversation(*, acting_user: Any, client: User, title: str) -> Conver
 
 @transaction.atomic
 def post_message(
-    *, acting_user: Any, role: str | None, conversation: Conversation, body: str
+    *,
+    acting_user: Any,
+    role: str | None,
+    conversation: Conversation,
+    body: str,
+    start_agent: bool = True,
 ) -> Message:
+    """A message in a conversation. A client's message starts an agent run, whose answer
+    goes to the review queue or straight back, per the tenant's review policy."""
     message = Message.objects.create(
         conversation=conversation,
         sender=sender_for_role(role),
@@ -52,4 +59,8 @@ def post_message(
         resource_id=message.id,
         context={"conversation": str(conversation.id)},
     )
+    if message.sender == Message.Sender.CLIENT and start_agent:
+        from agents.runs import start_agent_run
+
+        start_agent_run(conversation=conversation, trigger=message, requested_by=acting_user)
     return message

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 
 from accounts.models import Membership, User
 from accounts.roles import API_KEY, CLIENT, MEMBERS
+from agents.models import AgentRun
 from conversations import actions
 from conversations.models import Conversation, Message
 from tenants.api import TenantScopedViewSet
@@ -20,8 +21,25 @@ from tenants.api import TenantScopedViewSet
 class MessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Message
-        fields = ["id", "conversation", "sender", "author", "body", "created_at"]
-        read_only_fields = ["id", "conversation", "sender", "author", "created_at"]
+        fields = [
+            "id",
+            "conversation",
+            "sender",
+            "author",
+            "body",
+            "status",
+            "citations",
+            "created_at",
+        ]
+        read_only_fields = [
+            "id",
+            "conversation",
+            "sender",
+            "author",
+            "status",
+            "citations",
+            "created_at",
+        ]
 
     body = serializers.CharField(max_length=20_000, trim_whitespace=True)
 
@@ -82,7 +100,10 @@ class ConversationViewSet(
     def messages(self, request: Request, pk: str | None = None) -> Response:
         conversation = self.get_object()
         if request.method == "GET":
-            page = self.paginate_queryset(conversation.messages.all())
+            messages = conversation.messages.all()
+            if self.role == CLIENT:  # drafts and rejected drafts are the consultant's
+                messages = messages.filter(status=Message.Status.SENT)
+            page = self.paginate_queryset(messages)
             return self.get_paginated_response(MessageSerializer(page, many=True).data)
         serializer = MessageSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -92,4 +113,6 @@ class ConversationViewSet(
             conversation=conversation,
             body=serializer.validated_data["body"],
         )
-        return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+        run = AgentRun.objects.filter(trigger_message=message).values_list("id", flat=True).first()
+        body = {**MessageSerializer(message).data, "agent_run": str(run) if run else None}
+        return Response(body, status=status.HTTP_201_CREATED)

@@ -36,6 +36,15 @@ class Tenant(models.Model):
     plan = models.CharField(max_length=20, choices=Plan.choices, default=Plan.STARTER)
     region = models.CharField(max_length=32, default="eu-west-1")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    review_policy = models.CharField(
+        max_length=20,
+        choices=[
+            ("review_all", "The consultant reviews every draft"),
+            ("flagged", "Review only low-confidence answers and handoffs"),
+            ("auto_send", "Send answers straight to the client"),
+        ],
+        default="review_all",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

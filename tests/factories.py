@@ -87,6 +87,7 @@ def build_world(slug: str, *, conversation_title: str = "Strategy session") -> W
                 role=Membership.Role.CLIENT,
                 conversation=conversation,
                 body=f"Hello from {slug}",
+                start_agent=False,
             )
             world.conversations.append(conversation)
     return world

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
+from langgraph.types import Command
 
 from accounts import api_keys
 from accounts.models import ApiKey, Membership, SupportSession, User
+from agents import runs
+from agents.models import AgentRun, Document, TenantEntitlement
 from audit.actions import audit_operator
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
@@ -29,6 +33,7 @@ from tests.factories import UserFactory, World, build_world
 pytestmark = pytest.mark.django_db
 
 NOT_FOUND = {"code": "not_found", "message": "Not found."}
+DECISIONS = ("approve", "edit", "override", "reject")
 
 
 @dataclass
@@ -41,6 +46,15 @@ class Tenancy:
     audit_event_id: int  # an event of this tenant's log (the keys' creation)
     read_key: str  # plaintext partner keys, one per scope
     write_key: str
+    document: Document  # a ready playbook document
+    entitlement: TenantEntitlement  # the tenant's own row (a revoke)
+    # One agent run paused on a draft per review decision (the first client's conversation).
+    runs: dict[str, AgentRun] = field(default_factory=dict)
+    message_count: int = 0  # messages after setup: conversation openers and the drafts
+
+    @property
+    def drafts(self) -> dict[str, Message]:
+        return {action: run.draft_message for action, run in self.runs.items() if run.draft_message}
 
     @property
     def tenant_id(self) -> uuid.UUID:
@@ -68,7 +82,73 @@ def make_tenancy(slug: str, staff: User) -> Tenancy:
     with tenant_context(world.tenant), audit_operator():
         event_id = AuditEvent.objects.values_list("id", flat=True).first()
     assert event_id is not None
-    return Tenancy(world, admin, outsider, target, session, event_id, read_key, write_key)
+    with tenant_context(world.tenant):
+        document = Document.objects.create(
+            title="Discovery",
+            filename="discovery.md",
+            content_type="text/markdown",
+            size=9,
+            sha256="0" * 64,
+            source=b"# Pricing",
+            status=Document.Status.READY,
+            created_by=world.consultant,
+        )
+        entitlement = TenantEntitlement.objects.create(
+            kind="tool", name="search_playbook", effect=TenantEntitlement.Effect.REVOKE
+        )
+        conversation = world.conversations[0]
+        opener = conversation.messages.get()
+        paused = {}
+        for action in DECISIONS:
+            draft = Message.objects.create(
+                conversation=conversation,
+                sender=Message.Sender.AGENT,
+                status=Message.Status.DRAFT,
+                body=f"A draft to {action}",
+                citations=[{"n": 1, "document": str(document.id), "title": "Discovery"}],
+            )
+            paused[action] = AgentRun.objects.create(
+                conversation=conversation,
+                trigger_message=opener,
+                requested_by=world.client,
+                status=AgentRun.Status.AWAITING_REVIEW,
+                draft_message=draft,
+            )
+        message_count = Message.objects.count()
+    return Tenancy(
+        world,
+        admin,
+        outsider,
+        target,
+        session,
+        event_id,
+        read_key,
+        write_key,
+        document,
+        entitlement,
+        paused,
+        message_count,
+    )
+
+
+class ResumeWithoutGraph:
+    """Stands in for the LangGraph supervisor when a decision resumes one of the fixture's
+    runs (made with the ORM, so without checkpoints; under `django_db` the graph's thread
+    pool could not see the test's uncommitted rows anyway). It applies the decision as the
+    graph's review step does. Real runs and resumes: tests/test_agents.py."""
+
+    def __init__(self, run: AgentRun, resolved: Any, checkpointer: Any) -> None:
+        self.run = run
+
+    def invoke(self, command: Command[Any], config: Any) -> None:
+        decision = command.resume
+        assert isinstance(decision, dict)
+        runs.apply_review(self.run, decision)
+
+
+@pytest.fixture(autouse=True)
+def resume_without_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runs, "build_graph", ResumeWithoutGraph)
 
 
 @pytest.fixture
@@ -101,6 +181,12 @@ def call(client: Client, method: str, url: str, body: Any = None) -> Any:
         return client.get(url)
     if method == "DELETE":
         return client.delete(url)
+    if method == "POST" and isinstance(body, dict) and "file" in body:  # a multipart upload
+        upload = body["file"]
+        upload.seek(0)
+        return client.post(url, body)
+    if method in ("PUT", "PATCH"):
+        return client.generic(method, url, json.dumps(body or {}), content_type="application/json")
     return client.post(url, json.dumps(body or {}), content_type="application/json")
 
 
@@ -121,8 +207,31 @@ ENDPOINTS: list[tuple[str, str]] = [
     ("GET", "/api/v1/audit/events/"),
     ("GET", "/api/v1/audit/events/{audit_event}/"),
     ("GET", "/api/v1/audit/export"),
+    ("GET", "/api/v1/documents/"),
+    ("POST", "/api/v1/documents/"),
+    ("GET", "/api/v1/documents/{document}/"),
+    ("POST", "/api/v1/documents/{document}/reingest/"),
+    ("DELETE", "/api/v1/documents/{document}/"),
+    ("GET", "/api/v1/agent-runs/"),
+    ("GET", "/api/v1/agent-runs/{agent_run}/"),
+    ("GET", "/api/v1/registry/"),
+    ("GET", "/api/v1/registry/entitlements/"),
+    ("POST", "/api/v1/registry/entitlements/"),
+    ("GET", "/api/v1/registry/entitlements/{entitlement}/"),
+    ("PUT", "/api/v1/registry/entitlements/{entitlement}/"),
+    ("PATCH", "/api/v1/registry/entitlements/{entitlement}/"),
+    ("DELETE", "/api/v1/registry/entitlements/{entitlement}/"),
+    ("GET", "/api/v1/review-queue/"),
+    ("GET", "/api/v1/review-queue/{draft}/"),
+    *[("POST", f"/api/v1/review-queue/{{draft}}/{action}/") for action in DECISIONS],
 ]
 DETAIL_ENDPOINTS = [e for e in ENDPOINTS if "{" in e[1]]
+
+
+def decision_of(template: str) -> str:
+    """The review decision a review-queue template makes ("approve" for the others)."""
+    last = template.rstrip("/").rsplit("/", 1)[-1]
+    return last if last in DECISIONS else "approve"
 
 
 def url_for(template: str, tenancy: Tenancy) -> str:
@@ -131,16 +240,33 @@ def url_for(template: str, tenancy: Tenancy) -> str:
         api_key=tenancy.api_key.id,
         support_session=tenancy.support_session.id,
         audit_event=tenancy.audit_event_id,
+        document=tenancy.document.id,
+        agent_run=tenancy.runs["approve"].id,  # on the first client's conversation
+        entitlement=tenancy.entitlement.id,
+        draft=tenancy.drafts[decision_of(template)].id,  # each decision its own draft
     )
 
 
 def body_for(method: str, template: str, tenancy: Tenancy) -> dict[str, Any] | None:
+    if method in ("PUT", "PATCH"):  # an entitlement
+        if method == "PATCH":
+            return {"config": {"reason": "Not in this plan"}}
+        return {"kind": "tool", "name": "search_playbook", "effect": "grant", "config": {}}
     if method != "POST":
         return None
     if template.endswith("messages/"):
         return {"body": "A question"}
     if "conversations" in template:
         return {"title": "New topic", "client": tenancy.world.client.id}
+    if template == "/api/v1/documents/":
+        notes = b"# Notes\n\nAnswer within two working days."
+        return {"file": SimpleUploadedFile("notes.md", notes, content_type="text/markdown")}
+    if template.endswith("reingest/"):
+        return None
+    if template.startswith("/api/v1/registry/entitlements/"):
+        return {"kind": "prompt", "name": "system", "config": {"text": "Be brief."}}
+    if template.startswith("/api/v1/review-queue/"):
+        return {"text": "The consultant's answer.", "note": "I will call her."}
     return {"name": "New integration", "scope": "read"}
 
 
@@ -158,7 +284,11 @@ def test_the_matrix_covers_every_routed_endpoint() -> None:
             template.replace("{conversation}", "{id}")
             .replace("{api_key}", "{id}")
             .replace("{support_session}", "{id}")
-            .replace("{audit_event}", "{id}"),
+            .replace("{audit_event}", "{id}")
+            .replace("{document}", "{id}")
+            .replace("{agent_run}", "{id}")
+            .replace("{entitlement}", "{id}")
+            .replace("{draft}", "{id}"),
         )
         for method, template in ENDPOINTS
     }
@@ -199,8 +329,34 @@ def test_platform_staff_without_a_tenant_get_no_tenant_data(
     }
 
 
-OK = {"GET": 200, "POST": 201, "DELETE": 204}
+OK = {"GET": 200, "POST": 201, "DELETE": 204, "PUT": 200, "PATCH": 200}
 TENANT_ADMIN_ONLY = ("/api/v1/api-keys/", "/api/v1/support-sessions/", "/api/v1/audit/")
+ADMINS = frozenset({"owner", "admin"})
+TEAM = ADMINS | {"consultant"}
+KEYS = frozenset({"read_key", "write_key"})
+
+
+def allowed_principals(method: str, template: str) -> frozenset[str]:
+    """The viewsets' `roles` tables (API keys are further limited by scope)."""
+    if template.startswith(TENANT_ADMIN_ONLY):
+        return ADMINS
+    if template.startswith("/api/v1/documents/"):  # the playbook: never clients
+        return TEAM if method == "DELETE" else TEAM | KEYS
+    if template.startswith("/api/v1/registry/entitlements/"):
+        return TEAM if method == "GET" else ADMINS
+    if template.startswith("/api/v1/registry/"):
+        return TEAM | KEYS
+    if template.startswith("/api/v1/review-queue/"):
+        return TEAM
+    return TEAM | {"client"} | KEYS  # conversations, agent runs
+
+
+def ok_status(method: str, template: str) -> int:
+    if template.endswith("reingest/"):
+        return 202
+    if template.startswith("/api/v1/review-queue/") and method == "POST":
+        return 200  # a decision
+    return OK[method]
 
 
 def expected_status(principal: str, method: str, template: str) -> int:
@@ -208,11 +364,11 @@ def expected_status(principal: str, method: str, template: str) -> int:
         return 200
     if principal == "outsider":  # a user of the tenant with no role in it
         return 403
-    if template.startswith(TENANT_ADMIN_ONLY):
-        return OK[method] if principal in ("owner", "admin") else 403
+    if principal not in allowed_principals(method, template):
+        return 403
     if principal == "read_key" and method != "GET":
         return 403
-    return OK[method]
+    return ok_status(method, template)
 
 
 PRINCIPALS = ["owner", "admin", "consultant", "client", "outsider", "read_key", "write_key"]
@@ -256,9 +412,12 @@ def test_an_api_key_cannot_manage_api_keys_even_with_write_scope(acme: Tenancy) 
 # --------------------------------------------------------------------------- 404, never a hint
 
 
-# API keys reach conversations only (api-keys and support-sessions are a 403 for them).
+# API keys reach conversations, documents and agent runs (the rest is a 403 for them).
+KEY_REACHABLE = ("/api/v1/conversations/", "/api/v1/documents/", "/api/v1/agent-runs/")
 CROSS_TENANT_CASES = [("owner", m, t) for m, t in DETAIL_ENDPOINTS] + [
-    ("write_key", m, t) for m, t in DETAIL_ENDPOINTS if t.startswith("/api/v1/conversations/")
+    ("write_key", m, t)
+    for m, t in DETAIL_ENDPOINTS
+    if t.startswith(KEY_REACHABLE) and not (t.startswith("/api/v1/documents/") and m == "DELETE")
 ]
 
 
@@ -275,6 +434,10 @@ def test_another_tenants_object_is_a_404_like_a_missing_one(
         api_key=missing_id,
         support_session=missing_id,
         audit_event=2**62,
+        document=missing_id,
+        agent_run=missing_id,
+        entitlement=missing_id,
+        draft=missing_id,
     )
     missing = call(client, method, missing_url, body)
     assert theirs.status_code == missing.status_code == 404
@@ -284,7 +447,17 @@ def test_another_tenants_object_is_a_404_like_a_missing_one(
     # And nothing happened to the other tenant's data.
     with tenant_context(globex.tenant_id):
         assert ApiKey.objects.get(id=globex.api_key.id).revoked_at is None
-        assert Message.objects.count() == len(globex.world.conversations)
+        assert Message.objects.count() == globex.message_count
+        document = Document.objects.get(id=globex.document.id)
+        assert (document.status, document.title) == (Document.Status.READY, "Discovery")
+        entitlement = TenantEntitlement.objects.get(id=globex.entitlement.id)
+        assert (entitlement.effect, entitlement.config) == ("revoke", {})
+        assert set(
+            Message.objects.filter(sender=Message.Sender.AGENT).values_list("status", flat=True)
+        ) == {Message.Status.DRAFT}
+        assert set(AgentRun.objects.values_list("status", flat=True)) == {
+            AgentRun.Status.AWAITING_REVIEW
+        }
 
 
 def test_a_client_cannot_reach_another_clients_conversation(acme: Tenancy) -> None:
@@ -305,6 +478,24 @@ def test_a_client_cannot_reach_another_clients_conversation(acme: Tenancy) -> No
     assert [row["id"] for row in listed] == [str(acme.world.conversations[0].id)]
     with tenant_context(acme.tenant_id):
         assert not Message.objects.filter(conversation=theirs, body="Let me in").exists()
+
+
+def test_a_client_sees_her_own_agent_runs_only_and_never_a_draft(acme: Tenancy) -> None:
+    mine = session_client(acme.world.client)
+    listed = mine.get("/api/v1/agent-runs/").json()["results"]
+    assert {row["id"] for row in listed} == {str(run.id) for run in acme.runs.values()}
+    for row in listed:  # every run is waiting for review: no answer for her yet
+        assert (row["status"], row["output"], row["message"]) == ("awaiting_review", "", None)
+    team = session_client(acme.world.consultant).get(f"/api/v1/agent-runs/{acme.runs['edit'].id}/")
+    assert team.json()["output"] == "A draft to edit"
+    assert team.json()["message"] == str(acme.drafts["edit"].id)
+
+    other = session_client(acme.world.other_client)
+    assert other.get("/api/v1/agent-runs/").json()["results"] == []
+    theirs = other.get(f"/api/v1/agent-runs/{acme.runs['approve'].id}/")
+    control = other.get(f"/api/v1/agent-runs/{uuid.uuid4()}/")
+    assert theirs.status_code == control.status_code == 404
+    assert theirs.content == control.content
 
 
 # --------------------------------------------------------------------------- API keys
@@ -520,7 +711,7 @@ def test_bad_input_is_a_400_with_a_stable_code(
     with tenant_context(acme.tenant_id):
         assert ApiKey.objects.count() == 3  # the fixture's keys, nothing new
         assert Conversation.objects.count() == 2
-        assert Message.objects.count() == 2
+        assert Message.objects.count() == acme.message_count
 
 
 def test_a_form_body_is_refused_as_unsupported(acme: Tenancy) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -9,11 +11,13 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts.models import Membership, User
+from agents.models import Document
+from agents.tasks import ingest_document
 from conversations import actions
-from conversations.models import Message
 from tenants.context import tenant_context
 from tenants.models import Tenant
 
+PLAYBOOK_DIR = Path(__file__).resolve().parents[2] / "demo_playbooks"
 DEMO_PASSWORD = "playbook-demo"  # noqa: S105 (development-only demo accounts)
 
 DEMO_TENANTS: list[dict[str, Any]] = [
@@ -21,6 +25,11 @@ DEMO_TENANTS: list[dict[str, Any]] = [
         "slug": "northwind",
         "name": "Northwind Coaching",
         "plan": Tenant.Plan.PRO,
+        "review_policy": "review_all",
+        "playbooks": [
+            ("northwind-board-meetings.md", "Running your first board meetings"),
+            ("northwind-hiring-sales-leaders.md", "Hiring a head of sales"),
+        ],
         "people": [
             ("nora", "Nora", "Northwind", Membership.Role.OWNER),
             ("nick", "Nick", "Consultant", Membership.Role.CONSULTANT),
@@ -44,6 +53,11 @@ DEMO_TENANTS: list[dict[str, Any]] = [
         "slug": "bluebird",
         "name": "Bluebird Advisory",
         "plan": Tenant.Plan.STARTER,
+        "review_policy": "flagged",
+        "playbooks": [
+            ("bluebird-pricing.md", "Pricing advisory services"),
+            ("bluebird-quarterly-planning.md", "Quarterly planning"),
+        ],
         "people": [
             ("bea", "Bea", "Bluebird", Membership.Role.OWNER),
             ("ben", "Ben", "Consultant", Membership.Role.CONSULTANT),
@@ -110,7 +124,12 @@ class Command(BaseCommand):
     @transaction.atomic
     def seed_tenant(self, spec: dict[str, Any]) -> None:
         tenant, created = Tenant.objects.get_or_create(
-            slug=spec["slug"], defaults={"name": spec["name"], "plan": spec["plan"]}
+            slug=spec["slug"],
+            defaults={
+                "name": spec["name"],
+                "plan": spec["plan"],
+                "review_policy": spec["review_policy"],
+            },
         )
         if not created:
             if settings.DEV_IDP:  # demo data from before the local provider: give it logins
@@ -136,24 +155,37 @@ class Command(BaseCommand):
         with tenant_context(tenant):
             for username, _first, _last, role in spec["people"]:
                 Membership.objects.create(user=users[username], role=role)
+            consultant = next(users[n] for n, *_rest, r in spec["people"] if r == "consultant")
+            for filename, title in spec["playbooks"]:
+                self.add_playbook(tenant, consultant, filename, title)
             for client_name, title, question in spec["conversations"]:
                 client = users[client_name]
                 conversation = actions.create_conversation(
                     acting_user=client, client=client, title=title
                 )
+                # A real agent run: its draft waits in the consultant's review queue once the
+                # worker has picked it up.
                 actions.post_message(
                     acting_user=client,
                     role=Membership.Role.CLIENT,
                     conversation=conversation,
                     body=question,
                 )
-                Message.objects.create(
-                    conversation=conversation,
-                    sender=Message.Sender.CONSULTANT,
-                    author=next(u for n, u in users.items() if n == spec["people"][1][0]),
-                    body="Thanks — I'll walk you through the playbook's framework for this.",
-                )
         self.stdout.write(self.style.SUCCESS(f"Created demo tenant {tenant.name}"))
+
+    def add_playbook(self, tenant: Tenant, consultant: User, filename: str, title: str) -> None:
+        data = (PLAYBOOK_DIR / filename).read_bytes()
+        document = Document.objects.create(
+            title=title,
+            filename=filename,
+            content_type="text/markdown",
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            source=data,
+            created_by=consultant,
+        )
+        # Ingested now, in this process, so the demo's first questions find it.
+        ingest_document.apply(args=(str(document.id),), kwargs={"tenant_id": str(tenant.id)})
 
     def register_identity(self, user: User, tenant: Tenant, role: str) -> None:
         """The person's account at the local provider, already bound (as after a first login)."""

@@ -1,0 +1,193 @@
+"""REST API: agent runs (status and output), the entitlement registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.cache import cache
+from django.db.models import QuerySet
+from rest_framework import mixins, serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.roles import ADMINS, API_KEY, CLIENT, MEMBERS, TEAM
+from agents import registry
+from agents.models import AgentRun, EntitlementKind, TenantEntitlement
+from agents.runs import live_key
+from agents.tools import TOOLS
+from audit.actions import record_audit_event
+from conversations.models import Message
+from tenants.api import TenantScopedViewSet
+
+
+class AgentRunSerializer(serializers.ModelSerializer):
+    output = serializers.SerializerMethodField()
+    message = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AgentRun
+        fields = [
+            "id",
+            "conversation",
+            "trigger_message",
+            "status",
+            "model_name",
+            "output",
+            "message",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def _visible(self, run: AgentRun) -> bool:
+        # A client sees the answer only once it was sent to her (not the draft).
+        if self.context.get("role") != CLIENT:
+            return True
+        draft = run.draft_message
+        return draft is not None and draft.status == Message.Status.SENT
+
+    def get_output(self, run: AgentRun) -> str:
+        if run.status == AgentRun.Status.RUNNING:
+            live = cache.get(live_key(run.id)) or {}
+            return str(live.get("output", "")) if self.context.get("role") != CLIENT else ""
+        if not self._visible(run):
+            return ""
+        return run.draft_message.body if run.draft_message else run.output
+
+    def get_message(self, run: AgentRun) -> str | None:
+        return str(run.draft_message_id) if run.draft_message_id and self._visible(run) else None
+
+
+class AgentRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantScopedViewSet):
+    """Agent runs: `queued` → `running` → `awaiting_review` (a draft is in the review queue)
+    → `completed` (or `failed`). A client sees only her own conversations' runs, and the
+    answer only once it was sent to her."""
+
+    model = AgentRun
+    serializer_class = AgentRunSerializer
+    roles = {"*": MEMBERS | {API_KEY}}
+
+    def safely_get_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        queryset = queryset.select_related("draft_message")
+        if self.role == CLIENT:
+            queryset = queryset.filter(conversation__client_id=self.request.user.pk)
+        return queryset
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "role": self.role}
+
+
+class TenantEntitlementSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TenantEntitlement
+        fields = ["id", "kind", "name", "effect", "config", "updated_at"]
+        read_only_fields = ["id", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        kind = attrs.get("kind", getattr(self.instance, "kind", None))
+        name = attrs.get("name", getattr(self.instance, "name", None))
+        effect = attrs.get("effect", getattr(self.instance, "effect", "grant"))
+        config = attrs.get("config", getattr(self.instance, "config", {})) or {}
+        if not isinstance(config, dict):
+            raise serializers.ValidationError({"config": ["Must be a JSON object."]})
+        # One row per kind and name (tenant_entitlement_key): a 400, not an IntegrityError.
+        others = TenantEntitlement.objects.filter(kind=kind, name=name)
+        if self.instance is not None:
+            others = others.exclude(pk=self.instance.pk)
+        if others.exists():
+            raise serializers.ValidationError(
+                {"name": ["Your tenant already has a row for this kind and name; change it."]}
+            )
+        if kind == EntitlementKind.TOOL and effect == "grant" and name not in TOOLS:
+            raise serializers.ValidationError(
+                {"name": [f"Unknown tool. Available: {', '.join(sorted(TOOLS))}."]}
+            )
+        if kind == EntitlementKind.MODEL and effect == "grant":
+            provider = config.get("provider")
+            if provider not in ("offline", "openai", "anthropic", "openai_compatible"):
+                raise serializers.ValidationError(
+                    {
+                        "config": [
+                            "provider must be offline, openai, anthropic or openai_compatible."
+                        ]
+                    }
+                )
+            temperature = config.get("temperature", 0.2)
+            if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+                raise serializers.ValidationError({"config": ["temperature must be 0 to 2."]})
+        if kind == EntitlementKind.PROMPT and effect == "grant" and name == "system":
+            text = config.get("text", "")
+            if not isinstance(text, str) or len(text) > 8000:
+                raise serializers.ValidationError(
+                    {"config": ["text must be at most 8000 characters."]}
+                )
+        return attrs
+
+
+class EntitlementViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    TenantScopedViewSet,
+):
+    """Your tenant's own entitlement rows (grants with config, or revokes of plan defaults).
+    Changes take effect at once: the resolved registry is invalidated."""
+
+    model = TenantEntitlement
+    serializer_class = TenantEntitlementSerializer
+    roles = {"list": TEAM, "retrieve": TEAM, "*": ADMINS}
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        row = serializer.save()
+        record_audit_event(
+            "registry.changed",
+            actor=self.request.user,
+            resource_type="entitlement",
+            resource_id=row.pk,
+            context={"kind": row.kind, "name": row.name, "effect": row.effect},
+        )
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        row = serializer.save()
+        record_audit_event(
+            "registry.changed",
+            actor=self.request.user,
+            resource_type="entitlement",
+            resource_id=row.pk,
+            context={"kind": row.kind, "name": row.name, "effect": row.effect},
+        )
+
+    def perform_destroy(self, instance: TenantEntitlement) -> None:
+        record_audit_event(
+            "registry.changed",
+            actor=self.request.user,
+            resource_type="entitlement",
+            resource_id=instance.pk,
+            context={"kind": instance.kind, "name": instance.name, "effect": "deleted"},
+        )
+        instance.delete()
+
+
+class ResolvedRegistrySerializer(serializers.Serializer):
+    tenant_id = serializers.CharField()
+    plan = serializers.CharField()
+    tools = serializers.DictField(child=serializers.DictField())
+    models = serializers.DictField(child=serializers.DictField())
+    prompts = serializers.DictField(child=serializers.DictField())
+    data_sources = serializers.DictField(child=serializers.DictField())
+
+
+class RegistryViewSet(TenantScopedViewSet):
+    model = TenantEntitlement
+    serializer_class = ResolvedRegistrySerializer
+    roles = {"*": TEAM | {API_KEY}}
+
+    def resolved(self, request: Request) -> Response:
+        """The tools, models, prompts and data sources your agent may use (plan defaults
+        with your tenant's grants and revokes applied)."""
+        data = registry.resolve().as_dict()
+        return Response(data)

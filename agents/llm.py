@@ -1,0 +1,183 @@
+"""Chat models: provider models through langchain, or the built-in offline responder.
+
+The model, temperature and provider come from the tenant's `model` entitlement; the key
+from the tenant's credential (agents.credentials). With no key, the extractive responder
+answers from the retrieved playbook passages (and the consultant's past corrections), with
+citations, and says that it is the offline responder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+
+from agents.credentials import get_credential
+from agents.registry import Resolved
+
+OFFLINE_MODEL = "offline-extractive"
+OFFLINE_NOTICE = (
+    "I'm Playbook's offline responder: no AI model is connected for this playbook yet, so "
+    "I answer with your consultant's own material."
+)
+CONTEXT_KEY = "playbook_context"
+
+_override: ContextVar[BaseChatModel | None] = ContextVar("chat_model_override", default=None)
+
+
+@contextmanager
+def use_chat_model(model: BaseChatModel) -> Iterator[None]:
+    """Run agents with this chat model instead of the entitled one. For tests, which drive
+    runs with langchain-core's scripted fake chat models (providers are unreachable here)."""
+    token = _override.set(model)
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
+
+
+# A paraphrase of a question the consultant corrected (cosine similarity of the questions).
+SIMILAR_QUESTION = 0.5
+
+
+_STOPWORDS_TEXT = (
+    "the and for are but not you your with have this that what which when where who how why "
+    "can could should would will shall may might must does did doing been being from into "
+    "about over under than then them they their there these those our ours out its it's "
+    "any all some many much more most such very just also only own same too each other "
+    "get got make made need want like know think tell give take"
+)
+_STOPWORDS = frozenset(_STOPWORDS_TEXT.split(" "))
+
+
+def _content_words(text: str) -> set[str]:
+    return {w.rstrip("s") for w in _words(text) if w not in _STOPWORDS}
+
+
+def _coverage(question: str, text: str) -> float:
+    wanted = _content_words(question)
+    if not wanted:
+        return 0.0
+    return len(wanted & _content_words(text)) / len(wanted)
+
+
+def _best_sentences(text: str, question: str, limit: int = 2) -> str:
+    # Prose only: drop Markdown headings, join wrapped lines, then split into sentences.
+    prose = " ".join(
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", prose) if s.strip()]
+    wanted = _words(question)
+    ranked = sorted(sentences, key=lambda s: -len(_words(s) & wanted))
+    chosen = [s for s in sentences if s in ranked[:limit]]
+    excerpt = " ".join(chosen) or text[:280]
+    return excerpt if len(excerpt) <= 400 else excerpt[:397] + "…"
+
+
+def compose_offline_answer(context: dict[str, Any]) -> tuple[str, str]:
+    """(answer, confidence) from {"question", "passages", "corrections"}."""
+    question = str(context.get("question", ""))
+    corrections = context.get("corrections") or []
+    passages = context.get("passages") or []
+    parts = [OFFLINE_NOTICE]
+    confidence = "low"
+    if corrections and corrections[0].get("score", 0) >= SIMILAR_QUESTION:
+        parts.append(
+            "Your consultant answered a very similar question before:\n\n"
+            + str(corrections[0]["final"])
+        )
+        confidence = "high"
+    if passages:
+        lines = [
+            f"[{i}] {p['title']}: “{_best_sentences(p['text'], question)}”"
+            for i, p in enumerate(passages[:3], start=1)
+        ]
+        parts.append("From the playbook:\n" + "\n".join(lines))
+        if confidence != "high":
+            # How much of the question the best passages actually speak to (vector scores of
+            # the hashing embedder are too coarse to tell an off-topic passage apart).
+            coverage = _coverage(question, " ".join(p["text"] for p in passages[:3]))
+            confidence = "high" if coverage >= 0.6 else "medium" if coverage >= 0.3 else "low"
+    if not corrections and not passages:
+        parts.append(
+            "I found nothing in the playbook about this, so your consultant will answer you."
+        )
+    return "\n\n".join(parts), confidence
+
+
+class ExtractiveResponder(BaseChatModel):
+    """Answers only from the passages and corrections the agent retrieved (no tools)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return OFFLINE_MODEL
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        context: dict[str, Any] = {}
+        for message in messages:
+            if isinstance(message, SystemMessage) and CONTEXT_KEY in message.additional_kwargs:
+                context = message.additional_kwargs[CONTEXT_KEY]
+        answer, confidence = compose_offline_answer(context)
+        message = AIMessage(
+            content=answer,
+            response_metadata={"model_name": OFFLINE_MODEL, "confidence": confidence},
+            usage_metadata={"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def chat_model_for(resolved: Resolved) -> tuple[BaseChatModel, str]:
+    """The tenant's default entitled model, with its credential; offline without one."""
+    override = _override.get()
+    if override is not None:
+        return override, getattr(override, "model_name", None) or type(override).__name__
+    chosen = resolved.default_model
+    if chosen is None:
+        return ExtractiveResponder(), OFFLINE_MODEL
+    name, config = chosen
+    provider = config.get("provider", "offline")
+    temperature = float(config.get("temperature", 0.2))
+    if provider == "offline":
+        return ExtractiveResponder(), OFFLINE_MODEL
+    credential = get_credential(provider)
+    if not credential or not credential.get("secret"):
+        return ExtractiveResponder(), OFFLINE_MODEL
+    model = str(config.get("model") or name)
+    if provider == "anthropic":
+        from langchain_anthropic import ChatAnthropic
+
+        return ChatAnthropic(  # type: ignore[call-arg]
+            model=model, temperature=temperature, api_key=credential["secret"], timeout=60
+        ), model
+    from langchain_openai import ChatOpenAI
+
+    base_url = config.get("base_url") or credential.get("base_url") or None
+    return ChatOpenAI(
+        model=model,
+        temperature=temperature,
+        api_key=credential["secret"],
+        base_url=base_url,
+        timeout=60,
+    ), model

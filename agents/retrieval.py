@@ -1,0 +1,178 @@
+"""Retrieval over the playbook and the corrections, under row-level security.
+
+All tenants' chunk vectors share one HNSW index (`chunk_embedding_hnsw`). The index knows
+nothing of tenants: it returns the globally nearest vectors, and RLS (plus our filters)
+drops those of other tenants. A plain HNSW scan stops after `ef_search` candidates, so a
+tenant holding 1% of the vectors would get almost nothing back. Each search therefore runs
+in a transaction (a savepoint in a request) with
+
+    SET LOCAL hnsw.iterative_scan = relaxed_order   -- keep scanning until k rows pass
+    SET LOCAL hnsw.ef_search = PLAYBOOK_HNSW_EF_SEARCH
+
+and re-sorts the k rows it gets (relaxed order may return them slightly out of order).
+`exact_search_ids` is the brute-force reference, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import ExpressionWrapper, FloatField, QuerySet, Value
+from pgvector.django import CosineDistance
+
+from agents.embeddings import Embedder, tenant_embedder
+from agents.models import Chunk, Document
+from conversations.models import Correction
+from tenants.context import require_tenant_id
+
+_HNSW_SETTINGS = ("hnsw.iterative_scan", "hnsw.ef_search")
+
+
+@dataclass
+class Passage:
+    document_id: Any  # uuid.UUID
+    title: str
+    chunk_id: int
+    position: int
+    text: str
+    score: float  # cosine similarity, 1.0 = same direction
+
+
+def ef_search_for(k: int) -> int:
+    return max(1, min(1000, max(int(settings.PLAYBOOK_HNSW_EF_SEARCH), k)))
+
+
+@contextmanager
+def hnsw_search(k: int) -> Iterator[None]:
+    """Run the block in a transaction with the iterative HNSW scan on; the previous values
+    of the two settings are put back on the way out (they are transaction-local anyway)."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('hnsw.iterative_scan', true), "
+                "current_setting('hnsw.ef_search', true), "
+                "set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                "set_config('hnsw.ef_search', %s, true)",
+                [str(ef_search_for(k))],
+            )
+            previous = cursor.fetchone()[:2]
+        yield
+        with connection.cursor() as cursor:
+            for name, value in zip(_HNSW_SETTINGS, previous, strict=True):
+                if value:
+                    cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
+                else:
+                    cursor.execute(f"SET LOCAL {name} TO DEFAULT")
+
+
+def _query_vector(text: str, embedder: Embedder) -> list[float] | None:
+    if not text or not text.strip():
+        return None
+    vector = embedder.embed_query(text)
+    return vector if any(vector) else None
+
+
+def _chunks(embedder: Embedder) -> QuerySet[Chunk]:
+    return Chunk.objects.filter(
+        embedding_model=embedder.name, document__status=Document.Status.READY
+    )
+
+
+_PASSAGE_FIELDS = ("id", "document_id", "document__title", "position", "text", "distance")
+
+
+def _passages(rows: Sequence[tuple[Any, ...]]) -> list[Passage]:
+    passages = [
+        Passage(
+            document_id=document_id,
+            title=title,
+            chunk_id=chunk_id,
+            position=position,
+            text=text,
+            score=1.0 - float(distance),
+        )
+        for chunk_id, document_id, title, position, text, distance in rows
+    ]
+    passages.sort(key=lambda p: (-p.score, p.chunk_id))
+    return passages
+
+
+def search_playbook(query: str, k: int = 5, *, embedder: Embedder | None = None) -> list[Passage]:
+    """The current tenant's k passages nearest to `query`: chunks of ready documents,
+    embedded by the tenant's embedder (or `embedder`), best first."""
+    require_tenant_id()
+    if k <= 0:
+        return []
+    embedder = embedder or tenant_embedder()
+    vector = _query_vector(query, embedder)
+    if vector is None:
+        return []
+    with hnsw_search(k):
+        rows = list(nearest_chunks(vector, embedder)[:k])
+    return _passages(rows)
+
+
+def nearest_chunks(vector: list[float], embedder: Embedder) -> QuerySet[Chunk, tuple[Any, ...]]:
+    """The tenant's searchable chunks by cosine distance to `vector` (slice it; run it
+    inside `hnsw_search`). Rows: id, document_id, document title, position, text, distance."""
+    return (
+        _chunks(embedder)
+        .annotate(distance=CosineDistance("embedding", vector))
+        .order_by("distance")
+        .values_list(*_PASSAGE_FIELDS)
+    )
+
+
+def exact_search(query: str, k: int = 5, *, embedder: Embedder | None = None) -> list[Passage]:
+    """Like search_playbook, by brute force: `(embedding <=> q) + 0` cannot use the index,
+    so every chunk of the tenant is compared. The reference for recall checks."""
+    require_tenant_id()
+    if k <= 0:
+        return []
+    embedder = embedder or tenant_embedder()
+    vector = _query_vector(query, embedder)
+    if vector is None:
+        return []
+    distance = ExpressionWrapper(
+        CosineDistance("embedding", vector) + Value(0.0), output_field=FloatField()
+    )
+    with transaction.atomic():
+        rows = list(
+            _chunks(embedder)
+            .annotate(distance=distance)
+            .order_by("distance", "id")
+            .values_list(*_PASSAGE_FIELDS)[:k]
+        )
+    return _passages(rows)
+
+
+def exact_search_ids(query: str, k: int = 5, *, embedder: Embedder | None = None) -> list[int]:
+    return [p.chunk_id for p in exact_search(query, k, embedder=embedder)]
+
+
+def similar_corrections(
+    question: str, k: int = 3, *, embedder: Embedder | None = None
+) -> list[tuple[Correction, float]]:
+    """The current tenant's k corrections whose question is nearest to `question`, with
+    their cosine similarity, best first (few-shot examples for the agent)."""
+    require_tenant_id()
+    if k <= 0:
+        return []
+    embedder = embedder or tenant_embedder()
+    vector = _query_vector(question, embedder)
+    if vector is None:
+        return []
+    with hnsw_search(k):
+        found = list(
+            Correction.objects.filter(embedding_model=embedder.name)
+            .annotate(distance=CosineDistance("embedding", vector))
+            .order_by("distance")[:k]
+        )
+    scored = [(c, 1.0 - float(c.distance)) for c in found]
+    scored.sort(key=lambda pair: -pair[1])
+    return scored
