@@ -40,7 +40,7 @@ from audit.actions import record_audit_event
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
 from tenants.context import current_support_session_id, tenant_context
-from tenants.models import Tenant
+from tenants.models import Credential, Tenant
 
 
 class SupportAdminSite(OTPAdminSite):
@@ -368,6 +368,18 @@ class AuditEventAdmin(SupportAuditedAdmin):
 class SupportSessionAdmin(SupportAuditedAdmin):
     list_display = ["staff", "created_at", "expires_at", "ended_at"]
     fields = ("staff", "reason", "created_at", "expires_at", "ended_at")
+    readonly_fields = fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Credential, site=support_admin_site)
+class CredentialAdmin(SupportAuditedAdmin):
+    """Names and metadata only: the ciphertext, nonce and secret are never shown."""
+
+    list_display = ["name", "kind", "last_four", "created_at", "last_used_at", "rotated_at"]
+    fields = ("name", "kind", "metadata", "last_four", "created_at", "last_used_at", "rotated_at")
     readonly_fields = fields
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -175,10 +175,9 @@ class MiniLMEmbedder:
 
 
 class OpenAICompatibleEmbedder:
-    """An OpenAI-compatible embeddings API (OpenAI, Azure-compatible gateways, vLLM, …)
-    through langchain-openai, asking for 384 dimensions. The key comes from the current
-    tenant's credential (`agents.credentials.get_credential("openai")`: `secret`, optional
-    `base_url`), read when the first text is embedded, inside the tenant context."""
+    """An OpenAI-compatible embeddings API (OpenAI, gateways, vLLM, ...) through
+    langchain-openai, asking for 384 dimensions. The tenant's `openai` credential (and its
+    `base_url` metadata) is decrypted for each batch only, inside the tenant context."""
 
     dimensions = EMBEDDING_DIMENSIONS
 
@@ -187,22 +186,20 @@ class OpenAICompatibleEmbedder:
             raise ImproperlyConfigured("Name the model: PLAYBOOK_EMBEDDER=openai:<model>.")
         self.model = model
         self.name = f"openai:{model}"[:100]
-        self._client: Any = None
 
-    def client(self) -> Any:
-        if self._client is None:
-            from agents.credentials import get_credential
+    def _embed(self, call: Any) -> Any:
+        from agents.credentials import has_credential, using_credential
 
-            credential = get_credential("openai")
-            if not credential or not credential.get("secret"):
-                raise EmbedderUnavailable(
-                    f"The embedder {self.name} needs an OpenAI-compatible API key for this "
-                    "workspace, and none is configured. Add one, or switch the playbook to "
-                    "the built-in embedder."
-                )
-            from langchain_openai import OpenAIEmbeddings
+        if not has_credential("openai"):
+            raise EmbedderUnavailable(
+                f"The embedder {self.name} needs an OpenAI-compatible API key for this "
+                "workspace, and none is configured. Add one, or switch the playbook to "
+                "the built-in embedder."
+            )
+        from langchain_openai import OpenAIEmbeddings
 
-            self._client = OpenAIEmbeddings(
+        with using_credential("openai") as credential:
+            client = OpenAIEmbeddings(
                 model=self.model,
                 api_key=credential["secret"],
                 base_url=credential.get("base_url") or None,
@@ -213,7 +210,7 @@ class OpenAICompatibleEmbedder:
                 # are not OpenAI's tokenizer anyway. Chunks are well under any context limit.
                 check_embedding_ctx_length=False,
             )
-        return self._client
+            return call(client)
 
     def _checked(self, vectors: list[list[float]]) -> list[list[float]]:
         for vector in vectors:
@@ -228,10 +225,10 @@ class OpenAICompatibleEmbedder:
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
-        return self._checked(self.client().embed_documents(list(texts)))
+        return self._checked(self._embed(lambda client: client.embed_documents(list(texts))))
 
     def embed_query(self, text: str) -> list[float]:
-        return self._checked([self.client().embed_query(text)])[0]
+        return self._checked([self._embed(lambda client: client.embed_query(text))])[0]
 
 
 # --------------------------------------------------------------------------- choosing

@@ -24,7 +24,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import interrupt
 
-from agents.llm import CONTEXT_KEY, ExtractiveResponder, chat_model_for
+from agents.llm import CONTEXT_KEY, chat_model_for
 from agents.models import AgentRun
 from agents.registry import Resolved
 from agents.retrieval import search_playbook, similar_corrections
@@ -78,14 +78,9 @@ def system_prompt(resolved: Resolved, state: AgentState) -> SystemMessage:
 
 
 def build_graph(run: AgentRun, resolved: Resolved, checkpointer: Any) -> Any:
-    model, model_name = chat_model_for(resolved)
-    specs = entitled_specs(resolved.tools)
-    bound: Any = model
-    if specs and not isinstance(model, ExtractiveResponder):
-        try:
-            bound = model.bind_tools([spec.schema() for spec in specs])
-        except NotImplementedError:  # a model without tool calling answers without tools
-            bound = model
+    handle = chat_model_for(resolved)
+    model_name = handle.name
+    schemas = [] if handle.offline else [spec.schema() for spec in entitled_specs(resolved.tools)]
     run.model_name = model_name
 
     def retrieve(state: AgentState) -> dict[str, Any]:
@@ -106,7 +101,7 @@ def build_graph(run: AgentRun, resolved: Resolved, checkpointer: Any) -> Any:
             run=run,
             step=f"model:{rounds}",
             model=model_name,
-            call=lambda: bound.invoke([prompt, *state["messages"]]),
+            call=lambda: handle.invoke([prompt, *state["messages"]], schemas),
         )
         confidence = response.response_metadata.get("confidence", "medium")
         return {"messages": [response], "rounds": rounds + 1, "confidence": confidence}

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -19,7 +20,7 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from agents.credentials import get_credential
+from agents.credentials import has_credential, using_credential
 from agents.registry import Resolved
 
 OFFLINE_MODEL = "offline-extractive"
@@ -148,36 +149,77 @@ class ExtractiveResponder(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def chat_model_for(resolved: Resolved) -> tuple[BaseChatModel, str]:
-    """The tenant's default entitled model, with its credential; offline without one."""
-    override = _override.get()
-    if override is not None:
-        return override, getattr(override, "model_name", None) or type(override).__name__
-    chosen = resolved.default_model
-    if chosen is None:
-        return ExtractiveResponder(), OFFLINE_MODEL
-    name, config = chosen
-    provider = config.get("provider", "offline")
+def _bind(model: BaseChatModel, tool_schemas: list[dict[str, Any]]) -> Any:
+    if not tool_schemas or isinstance(model, ExtractiveResponder):
+        return model
+    try:
+        return model.bind_tools(tool_schemas)
+    except NotImplementedError:  # a model without tool calling answers without tools
+        return model
+
+
+def _provider_model(
+    provider: str, config: dict[str, Any], credential: dict[str, Any]
+) -> BaseChatModel:
+    model = str(config.get("model") or "")
     temperature = float(config.get("temperature", 0.2))
-    if provider == "offline":
-        return ExtractiveResponder(), OFFLINE_MODEL
-    credential = get_credential(provider)
-    if not credential or not credential.get("secret"):
-        return ExtractiveResponder(), OFFLINE_MODEL
-    model = str(config.get("model") or name)
     if provider == "anthropic":
         from langchain_anthropic import ChatAnthropic
 
         return ChatAnthropic(  # type: ignore[call-arg]
             model=model, temperature=temperature, api_key=credential["secret"], timeout=60
-        ), model
+        )
     from langchain_openai import ChatOpenAI
 
-    base_url = config.get("base_url") or credential.get("base_url") or None
     return ChatOpenAI(
         model=model,
         temperature=temperature,
         api_key=credential["secret"],
-        base_url=base_url,
+        base_url=config.get("base_url") or credential.get("base_url") or None,
         timeout=60,
-    ), model
+    )
+
+
+@dataclass
+class ModelHandle:
+    """The tenant's model for this run. A provider model is built per call, inside
+    `using_credential`, so its key is decrypted for that call only."""
+
+    name: str
+    fixed: BaseChatModel | None = None
+    provider: str = "offline"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def offline(self) -> bool:
+        return isinstance(self.fixed, ExtractiveResponder)
+
+    def invoke(self, messages: list[BaseMessage], tool_schemas: list[dict[str, Any]]) -> Any:
+        if self.fixed is not None:
+            return _bind(self.fixed, tool_schemas).invoke(messages)
+        with using_credential(self.provider, self.config.get("credential")) as credential:
+            model = _provider_model(self.provider, self.config, credential)
+            return _bind(model, tool_schemas).invoke(messages)
+
+
+PROVIDERS = ("openai", "anthropic", "openai_compatible")
+
+
+def chat_model_for(resolved: Resolved) -> ModelHandle:
+    """The tenant's default entitled model; the offline responder without a key for it."""
+    override = _override.get()
+    if override is not None:
+        name = getattr(override, "model_name", None) or type(override).__name__
+        return ModelHandle(name=str(name), fixed=override)
+    chosen = resolved.default_model
+    if chosen is None:
+        return ModelHandle(name=OFFLINE_MODEL, fixed=ExtractiveResponder())
+    name, config = chosen
+    provider = str(config.get("provider", "offline"))
+    if provider not in PROVIDERS or not has_credential(provider, config.get("credential")):
+        return ModelHandle(name=OFFLINE_MODEL, fixed=ExtractiveResponder())
+    return ModelHandle(
+        name=str(config.get("model") or name),
+        provider=provider,
+        config={"model": name, **config},
+    )

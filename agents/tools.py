@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 import requests
 from django.conf import settings
 
-from agents.credentials import get_credential
+from agents.credentials import using_credential
 from agents.retrieval import search_playbook
+from tenants.vault.service import CredentialNotFound
 
 
 def passage_dict(passage: Any) -> dict[str, Any]:
@@ -94,26 +95,33 @@ def _http_request(args: dict[str, Any], ctx: ToolContext) -> str:
     if not settings.AGENT_HTTP_ALLOW_PRIVATE and not _is_public_address(parts.hostname):
         raise ToolError("the configured endpoint is not a public address")
     headers = {"Accept": "application/json, text/plain;q=0.9"}
-    credential_name = ctx.config.get("credential")
-    if credential_name:
-        credential = get_credential("http_bearer", credential_name)
-        if credential is None:
-            raise ToolError("the credential for this endpoint is missing")
-        headers["Authorization"] = f"Bearer {credential['secret']}"
     method = str(ctx.config.get("method", "POST")).upper()
     payload = {"query": str(args.get("query", ""))[:2000]}
-    try:
-        response = requests.request(
-            method,
-            url,
-            json=payload if method != "GET" else None,
-            params=payload if method == "GET" else None,
-            headers=headers,
-            timeout=float(ctx.config.get("timeout", 10)),
-            allow_redirects=False,
-        )
-    except requests.RequestException as exc:
-        raise ToolError(f"the endpoint did not answer ({type(exc).__name__})") from None
+
+    def send(extra_headers: dict[str, str]) -> requests.Response:
+        try:
+            return requests.request(
+                method,
+                url,
+                json=payload if method != "GET" else None,
+                params=payload if method == "GET" else None,
+                headers={**headers, **extra_headers},
+                timeout=float(ctx.config.get("timeout", 10)),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise ToolError(f"the endpoint did not answer ({type(exc).__name__})") from None
+
+    credential_name = ctx.config.get("credential")
+    if credential_name:
+        # Decrypted for this request only (and never echoed back to the model).
+        try:
+            with using_credential("http_bearer", credential_name) as credential:
+                response = send({"Authorization": f"Bearer {credential['secret']}"})
+        except CredentialNotFound:
+            raise ToolError("the credential for this endpoint is missing") from None
+    else:
+        response = send({})
     if response.status_code >= 400:
         raise ToolError(f"the endpoint answered {response.status_code}")
     return response.text[:4000]

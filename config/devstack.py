@@ -84,6 +84,18 @@ def ensure_rsa_key(path: Path) -> Path:
     return path
 
 
+def ensure_vault_keys(path: Path) -> Path:
+    """The local vault's key-encryption key, version 1, made once, kept in .data/."""
+    if not path.exists():
+        import base64
+        import json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"1": base64.b64encode(secrets.token_bytes(32)).decode()}))
+        path.chmod(0o600)
+    return path
+
+
 def ensure_ed25519_key(path: Path) -> Path:
     """The audit signing key for development, made once, kept in .data/."""
     if not path.exists():
@@ -333,6 +345,8 @@ class Stack:
         env["OIDC_RP_CLIENT_SECRET"] = state.get("OIDC_RP_CLIENT_SECRET") or secrets.token_urlsafe(
             32
         )
+        # The local key-encryption key of the credential vault (development only).
+        env["VAULT_LOCAL_KEY_FILE"] = str(ensure_vault_keys(DATA_DIR / "vault_kek.json"))
         # The platform key that signs audit-log exports and checkpoints.
         env["AUDIT_SIGNING_KEY_FILE"] = str(ensure_ed25519_key(DATA_DIR / "audit_ed25519.pem"))
 

@@ -285,6 +285,22 @@ AGENT_HTTP_ALLOW_PRIVATE = env.bool("AGENT_HTTP_ALLOW_PRIVATE", default=False)
 AGENT_MAX_TOOL_ROUNDS = env.int("AGENT_MAX_TOOL_ROUNDS", default=4)
 DATA_UPLOAD_MAX_MEMORY_SIZE = PLAYBOOK_MAX_UPLOAD_BYTES + 1024 * 1024
 
+# --------------------------------------------------------------------------- credential vault
+# Tenant credentials are encrypted with a per-tenant data key, itself wrapped by a KEK from:
+#   local          VAULT_LOCAL_KEYS='{"1": "<base64 32 bytes>"}' or VAULT_LOCAL_KEY_FILE
+#   aws_kms        VAULT_AWS_KMS_KEY_ID, VAULT_AWS_REGION (credentials from the AWS chain)
+#   vault_transit  VAULT_ADDR, VAULT_TOKEN, VAULT_TRANSIT_KEY (a derived transit key)
+VAULT_BACKEND = env.choice("VAULT_BACKEND", ("local", "aws_kms", "vault_transit"), default="local")
+VAULT_LOCAL_KEYS = env.str("VAULT_LOCAL_KEYS", default="")
+VAULT_LOCAL_KEY_FILE = env.str("VAULT_LOCAL_KEY_FILE", default="")
+VAULT_AWS_KMS_KEY_ID = env.str("VAULT_AWS_KMS_KEY_ID", default="")
+VAULT_AWS_REGION = env.str("VAULT_AWS_REGION", default="eu-west-1")
+VAULT_AWS_ENDPOINT_URL = env.str("VAULT_AWS_ENDPOINT_URL", default="")
+VAULT_ADDR = env.str("VAULT_ADDR", default="")
+VAULT_TOKEN = env.str("VAULT_TOKEN", default="")
+VAULT_TRANSIT_KEY = env.str("VAULT_TRANSIT_KEY", default="playbook")
+VAULT_TRANSIT_MOUNT = env.str("VAULT_TRANSIT_MOUNT", default="transit")
+
 # --------------------------------------------------------------------------- support admin
 
 TENANT_CONTEXT_RESOLVER = "accounts.support.resolve_request_context"
@@ -354,13 +370,35 @@ if PRODUCTION:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"secrets": {"()": "config.scrubbing.SecretsFilter"}},
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
+            "filters": ["secrets"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --------------------------------------------------------------------------- error reports
+
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    from config.scrubbing import before_send
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=PLAYBOOK_ENV,
+        integrations=[DjangoIntegration(), CeleryIntegration()],
+        send_default_pii=False,
+        include_local_variables=False,  # frames can hold decrypted secrets
+        before_send=before_send,  # type: ignore[arg-type]
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+    )

@@ -13,6 +13,8 @@ from audit import views as audit_views
 from config import views
 from conversations import review_api
 from conversations.api import ConversationViewSet
+from tenants.vault import api as vault_api
+from tenants.vault import views as vault_views
 
 router = DefaultRouter()
 router.register("conversations", ConversationViewSet, basename="conversation")
@@ -23,6 +25,7 @@ router.register("documents", documents_api.DocumentViewSet, basename="document")
 router.register("agent-runs", agents_api.AgentRunViewSet, basename="agent-run")
 router.register("registry/entitlements", agents_api.EntitlementViewSet, basename="entitlement")
 router.register("review-queue", review_api.ReviewQueueViewSet, basename="review-queue")
+router.register("credentials", vault_api.CredentialViewSet, basename="credential")
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -54,6 +57,12 @@ urlpatterns = [
         name="registry",
     ),
     path("app/audit/", audit_views.audit_log, name="audit-log"),
+    path("app/credentials/", vault_views.credentials_page, name="credentials"),
+    path(
+        "app/credentials/<uuid:credential_id>/<str:action>/",
+        vault_views.credential_action,
+        name="credential-action",
+    ),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -131,3 +131,64 @@ class TenantScopedModel(models.Model):
                 f"Refusing to save a {type(self).__name__} of tenant {self.tenant_id} "
                 f"inside the context of tenant {current}."
             )
+
+
+class TenantDataKey(TenantScopedModel):
+    """A tenant's AES-256 data key, stored only wrapped by the KMS backend's KEK."""
+
+    id = models.BigAutoField(primary_key=True)
+    version = models.PositiveIntegerField()
+    wrapped_key = models.BinaryField()
+    kek_backend = models.CharField(max_length=20)
+    kek_version = models.CharField(max_length=255)
+    created_at = models.DateTimeField(auto_now_add=True)
+    rewrapped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantScopedModel.Meta):
+        constraints = [
+            *TenantScopedModel.Meta.constraints,
+            models.UniqueConstraint(fields=["tenant", "version"], name="tenant_data_key_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"data key v{self.version} ({self.kek_backend}:{self.kek_version})"
+
+
+class Credential(TenantScopedModel):
+    """A tenant's secret (model provider key, vendor token): ciphertext only, never shown."""
+
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (Ollama, vLLM, ...)"
+        STRIPE = "stripe", "Stripe"
+        SALESFORCE = "salesforce", "Salesforce"
+        HTTP_BEARER = "http_bearer", "HTTP bearer token"
+        HTTP_BASIC = "http_basic", "HTTP basic (user:password)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    metadata = models.JSONField(
+        default=dict, blank=True, help_text="Non-secret: base URL, account id."
+    )
+    ciphertext = models.BinaryField(editable=False)
+    nonce = models.BinaryField(editable=False)
+    key_version = models.PositiveIntegerField(editable=False)
+    last_four = models.CharField(max_length=4, blank=True, editable=False)
+    created_by = models.ForeignKey(
+        "accounts.User", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantScopedModel.Meta):
+        ordering = ["name"]
+        constraints = [
+            *TenantScopedModel.Meta.constraints,
+            models.UniqueConstraint(fields=["tenant", "name"], name="tenant_credential_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"

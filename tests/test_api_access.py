@@ -28,6 +28,8 @@ from audit.actions import audit_operator
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
 from tenants.context import tenant_context
+from tenants.models import Credential
+from tenants.vault.service import create_credential
 from tests.factories import UserFactory, World, build_world
 
 pytestmark = pytest.mark.django_db
@@ -48,6 +50,7 @@ class Tenancy:
     write_key: str
     document: Document  # a ready playbook document
     entitlement: TenantEntitlement  # the tenant's own row (a revoke)
+    credential: Credential  # a vault credential of the tenant
     # One agent run paused on a draft per review decision (the first client's conversation).
     runs: dict[str, AgentRun] = field(default_factory=dict)
     message_count: int = 0  # messages after setup: conversation openers and the drafts
@@ -96,6 +99,9 @@ def make_tenancy(slug: str, staff: User) -> Tenancy:
         entitlement = TenantEntitlement.objects.create(
             kind="tool", name="search_playbook", effect=TenantEntitlement.Effect.REVOKE
         )
+        credential = create_credential(
+            acting_user=world.owner, name="crm", kind="http_bearer", secret=f"{slug}-token-" * 3
+        )
         conversation = world.conversations[0]
         opener = conversation.messages.get()
         paused = {}
@@ -126,6 +132,7 @@ def make_tenancy(slug: str, staff: User) -> Tenancy:
         write_key,
         document,
         entitlement,
+        credential,
         paused,
         message_count,
     )
@@ -224,6 +231,11 @@ ENDPOINTS: list[tuple[str, str]] = [
     ("GET", "/api/v1/review-queue/"),
     ("GET", "/api/v1/review-queue/{draft}/"),
     *[("POST", f"/api/v1/review-queue/{{draft}}/{action}/") for action in DECISIONS],
+    ("GET", "/api/v1/credentials/"),
+    ("POST", "/api/v1/credentials/"),
+    ("GET", "/api/v1/credentials/{credential}/"),
+    ("POST", "/api/v1/credentials/{credential}/rotate/"),
+    ("DELETE", "/api/v1/credentials/{credential}/"),
 ]
 DETAIL_ENDPOINTS = [e for e in ENDPOINTS if "{" in e[1]]
 
@@ -244,6 +256,7 @@ def url_for(template: str, tenancy: Tenancy) -> str:
         agent_run=tenancy.runs["approve"].id,  # on the first client's conversation
         entitlement=tenancy.entitlement.id,
         draft=tenancy.drafts[decision_of(template)].id,  # each decision its own draft
+        credential=tenancy.credential.id,
     )
 
 
@@ -267,6 +280,14 @@ def body_for(method: str, template: str, tenancy: Tenancy) -> dict[str, Any] | N
         return {"kind": "prompt", "name": "system", "config": {"text": "Be brief."}}
     if template.startswith("/api/v1/review-queue/"):
         return {"text": "The consultant's answer.", "note": "I will call her."}
+    if template.endswith("rotate/"):
+        return {"secret": "rotated-token-0123456789"}
+    if template == "/api/v1/credentials/":
+        return {
+            "name": f"vendor-{uuid.uuid4().hex[:8]}",
+            "kind": "http_bearer",
+            "secret": "vendor-token-0123456789",
+        }
     return {"name": "New integration", "scope": "read"}
 
 
@@ -288,7 +309,8 @@ def test_the_matrix_covers_every_routed_endpoint() -> None:
             .replace("{document}", "{id}")
             .replace("{agent_run}", "{id}")
             .replace("{entitlement}", "{id}")
-            .replace("{draft}", "{id}"),
+            .replace("{draft}", "{id}")
+            .replace("{credential}", "{id}"),
         )
         for method, template in ENDPOINTS
     }
@@ -330,7 +352,12 @@ def test_platform_staff_without_a_tenant_get_no_tenant_data(
 
 
 OK = {"GET": 200, "POST": 201, "DELETE": 204, "PUT": 200, "PATCH": 200}
-TENANT_ADMIN_ONLY = ("/api/v1/api-keys/", "/api/v1/support-sessions/", "/api/v1/audit/")
+TENANT_ADMIN_ONLY = (
+    "/api/v1/api-keys/",
+    "/api/v1/support-sessions/",
+    "/api/v1/audit/",
+    "/api/v1/credentials/",
+)
 ADMINS = frozenset({"owner", "admin"})
 TEAM = ADMINS | {"consultant"}
 KEYS = frozenset({"read_key", "write_key"})
@@ -356,6 +383,8 @@ def ok_status(method: str, template: str) -> int:
         return 202
     if template.startswith("/api/v1/review-queue/") and method == "POST":
         return 200  # a decision
+    if template.endswith("rotate/"):
+        return 200
     return OK[method]
 
 
@@ -430,6 +459,7 @@ def test_another_tenants_object_is_a_404_like_a_missing_one(
     theirs = call(client, method, url_for(template, globex), body)
     missing_id = uuid.uuid4()
     missing_url = template.format(
+        credential=missing_id,
         conversation=missing_id,
         api_key=missing_id,
         support_session=missing_id,

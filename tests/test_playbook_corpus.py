@@ -21,7 +21,7 @@ from pypdf import PdfWriter
 from accounts import api_keys
 from agents import corpus, tasks
 from agents.corpus import IngestionError, chunk_text, detect_content_type, extract_text
-from agents.credentials import get_credential
+from agents.credentials import has_credential
 from agents.embeddings import (
     EmbedderUnavailable,
     HashingEmbedder,
@@ -307,7 +307,7 @@ def test_an_embedder_without_its_credential_fails_with_a_clear_message(
             name="playbook",
             config={"embedder": "openai:text-embedding-3-small"},
         )
-        assert get_credential("openai") is None
+        assert not has_credential("openai")
     consultant = logged_in(acme.consultant)
     response = upload(consultant, "a.md", PLAYBOOK_MD.encode())
     detail = consultant.get(f"{DOCUMENTS}{response.json()['id']}/").json()

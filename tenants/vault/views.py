@@ -1,0 +1,97 @@
+"""Credentials page for tenant owners and admins: add (write-only), rotate, delete."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from accounts.roles import ADMINS, principal_role
+from tenants.context import current_tenant_id
+from tenants.models import Credential
+from tenants.vault import service
+
+
+class CredentialForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    kind = forms.ChoiceField(choices=Credential.Kind.choices)
+    secret = forms.CharField(
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        max_length=8192,
+        help_text="Stored encrypted; never shown again.",
+    )
+    base_url = forms.URLField(required=False, label="Base URL (optional)", assume_scheme="https")
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if Credential.objects.filter(name=name).exists():
+            raise forms.ValidationError("A credential with this name exists; rotate it instead.")
+        return name
+
+
+class RotateForm(forms.Form):
+    secret = forms.CharField(
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        max_length=8192,
+    )
+
+
+def _require_admin(request: HttpRequest) -> None:
+    if current_tenant_id() is None or principal_role(request.user) not in ADMINS:
+        raise PermissionDenied("Only your organisation's owners and admins manage credentials.")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def credentials_page(request: HttpRequest) -> HttpResponse:
+    _require_admin(request)
+    form = CredentialForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        metadata = (
+            {"base_url": form.cleaned_data["base_url"]} if form.cleaned_data["base_url"] else {}
+        )
+        service.create_credential(
+            acting_user=request.user,
+            name=form.cleaned_data["name"],
+            kind=form.cleaned_data["kind"],
+            secret=form.cleaned_data["secret"],
+            metadata=metadata,
+        )
+        messages.success(request, f"Credential {form.cleaned_data['name']} saved.")
+        return HttpResponseRedirect(reverse("credentials"))
+    return render(
+        request,
+        "vault/credentials.html",
+        {"form": form, "credentials": Credential.objects.defer("ciphertext", "nonce")},
+    )
+
+
+@login_required
+@require_http_methods(["POST"])
+def credential_action(request: HttpRequest, credential_id: str, action: str) -> HttpResponse:
+    _require_admin(request)
+    credential = Credential.objects.filter(id=credential_id).first() if credential_id else None
+    if credential is None:
+        raise Http404
+    if action == "delete":
+        service.delete_credential(acting_user=request.user, credential=credential)
+        messages.success(request, f"Credential {credential.name} deleted.")
+    elif action == "rotate":
+        form = RotateForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "Enter the new secret to rotate.")
+        else:
+            service.rotate_credential(
+                acting_user=request.user,
+                credential=credential,
+                secret=form.cleaned_data["secret"],
+            )
+            messages.success(request, f"Credential {credential.name} rotated.")
+    else:
+        raise Http404
+    return HttpResponseRedirect(reverse("credentials"))
