@@ -30,6 +30,9 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m config.devstack run -- sh -c '$(VENV)/bin/mypy . && $(VENV)/bin/pytest $(PYTEST_ARGS)'
 
+bench: install
+	$(PY) -m config.devstack run -- $(PY) bench/run.py
+
 services: install
 	$(PY) -m config.devstack up
 

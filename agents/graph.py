@@ -31,7 +31,7 @@ from agents.retrieval import search_playbook, similar_corrections
 from agents.tools import TOOLS, ToolContext, ToolError, entitled_specs, format_result, passage_dict
 from audit.actions import record_audit_event
 from billing.models import UsageEvent
-from billing.usage import guarded_call
+from billing.usage import estimate_input_tokens, guarded_call
 
 
 class AgentState(TypedDict, total=False):
@@ -102,6 +102,7 @@ def build_graph(run: AgentRun, resolved: Resolved, checkpointer: Any) -> Any:
             step=f"model:{rounds}",
             model=model_name,
             call=lambda: handle.invoke([prompt, *state["messages"]], schemas),
+            estimated_input_tokens=estimate_input_tokens([prompt, *state["messages"]]),
         )
         confidence = response.response_metadata.get("confidence", "medium")
         return {"messages": [response], "rounds": rounds + 1, "confidence": confidence}

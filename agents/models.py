@@ -141,6 +141,7 @@ class AgentRun(TenantScopedModel):
         RUNNING = "running", "Running"
         AWAITING_REVIEW = "awaiting_review", "Waiting for review"
         COMPLETED = "completed", "Completed"
+        HALTED = "halted", "Halted: spend cap reached"
         FAILED = "failed", "Failed"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

@@ -21,6 +21,8 @@ from agents.embeddings import get_embedder
 from agents.graph import build_graph
 from agents.models import AgentRun
 from audit.actions import record_audit_event
+from billing.limiter import HardCapReached, RateLimited
+from billing.usage import restore_usage
 from conversations.models import Conversation, Correction, Message
 from tenants.context import require_tenant_id
 from tenants.models import Tenant
@@ -94,7 +96,17 @@ def execute_run(run: AgentRun) -> AgentRun:
                 {"messages": conversation_history(run), "question": run.trigger_message.body},
                 _config(run),
             )
+    except HardCapReached:
+        restore_usage(run)
+        halt_for_spend_cap(run)
+    except RateLimited:
+        # The run's work rolled back (its usage is kept); the task retries after the window.
+        restore_usage(run)
+        run.status = AgentRun.Status.QUEUED
+        run.save(update_fields=["status", "started_at", "error"])
+        raise
     except Exception as exc:
+        restore_usage(run)
         logger.exception("agent run %s failed", run.id)
         run.status, run.error, run.finished_at = (
             AgentRun.Status.FAILED,
@@ -115,7 +127,50 @@ def execute_run(run: AgentRun) -> AgentRun:
     return run
 
 
-@shared_task(name="agents.run_agent")
+HALT_NOTICE = (
+    "This assistant has reached its usage limit for this month, so it cannot answer right "
+    "now. Your consultant has been told and will reply to you herself."
+)
+
+
+def halt_for_spend_cap(run: AgentRun) -> None:
+    """The hard cap is reached: stop cleanly, tell the client and the consultant."""
+    run.status, run.finished_at = AgentRun.Status.HALTED, timezone.now()
+    run.error = "spend_cap_reached"
+    notice = Message.objects.create(
+        conversation=run.conversation,
+        sender=Message.Sender.AGENT,
+        body=HALT_NOTICE,
+        status=Message.Status.SENT,
+    )
+    run.draft_message, run.output = notice, HALT_NOTICE
+    run.save(
+        update_fields=[
+            "status",
+            "finished_at",
+            "error",
+            "draft_message",
+            "output",
+            "model_name",
+            "started_at",
+        ]
+    )
+    record_audit_event(
+        "billing.hard_cap_reached",
+        actor_type="system",
+        resource_type="agent_run",
+        resource_id=run.id,
+        agent_run_id=run.id,
+    )
+
+
+@shared_task(
+    name="agents.run_agent",
+    autoretry_for=(RateLimited,),
+    retry_backoff=5,
+    retry_backoff_max=120,
+    max_retries=8,
+)
 def run_agent(run_id: str, *, tenant_id: str) -> str:
     run = AgentRun.objects.select_related("conversation", "trigger_message").get(id=run_id)
     return execute_run(run).status

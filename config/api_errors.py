@@ -36,7 +36,45 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
 
 
+def limiter_response(exc: Exception) -> Response | None:
+    from billing.limiter import HardCapReached, LimiterUnavailable, RateLimited
+
+    if isinstance(exc, RateLimited):
+        response = Response(
+            error_body("rate_limited", f"Too many requests; try again in {exc.retry_after} s."),
+            status=status.HTTP_429_TOO_MANY_REQUESTS,
+        )
+        response["Retry-After"] = str(exc.retry_after)
+        return response
+    if isinstance(exc, HardCapReached):
+        return Response(
+            error_body(
+                "spend_cap_reached",
+                "This organisation's assistant has reached its usage limit for the month.",
+            ),
+            status=status.HTTP_402_PAYMENT_REQUIRED,
+        )
+    if isinstance(exc, LimiterUnavailable):
+        response = Response(
+            error_body(
+                "agent_unavailable",
+                "The assistant is temporarily unavailable; nothing was sent. Try again "
+                "in a minute.",
+            ),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        response["Retry-After"] = "30"
+        return response
+    return None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    limited = limiter_response(exc)
+    if limited is not None:
+        from rest_framework.views import set_rollback
+
+        set_rollback()
+        return limited
     if isinstance(exc, TenantScopeError):
         # A principal without a tenant reached tenant data: not theirs to see.
         exc = exceptions.PermissionDenied("This account does not belong to a tenant.")

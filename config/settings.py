@@ -159,6 +159,10 @@ REDIS_URL = env.str("REDIS_URL", default="" if PRODUCTION else "redis://127.0.0.
 if not REDIS_URL:
     raise ImproperlyConfigured("Set the environment variable REDIS_URL (PLAYBOOK_ENV=production).")
 
+# The limiter's Redis (rate limits, spend reservations): the same server by default.
+LIMITER_REDIS_URL = env.str("LIMITER_REDIS_URL", default=REDIS_URL)
+LIMITER_MAX_CONNECTIONS = env.int("LIMITER_MAX_CONNECTIONS", default=50)
+
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -267,6 +271,20 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audit.checkpoint_all_tenants",
         "schedule": AUDIT_CHECKPOINT_MINUTES * 60.0,
     },
+}
+
+# --------------------------------------------------------------------------- Stripe metering
+# Usage is billed through Stripe billing meters (billing/stripe_sync.py). No secret key: metering
+# is disabled (meter events wait in the outbox, nothing is sent, and the task and the
+# `stripe_sync` command say so). STRIPE_API_BASE points the SDK elsewhere (tests: a local stand-in).
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com").rstrip("/")
+STRIPE_METER_EVENT_NAME = env.str("STRIPE_METER_EVENT_NAME", default="playbook_usage")
+STRIPE_METER_BATCH = env.int("STRIPE_METER_BATCH", default=100)  # meter events per tenant per run
+STRIPE_TIMEOUT_SECONDS = env.int("STRIPE_TIMEOUT_SECONDS", default=20)
+CELERY_BEAT_SCHEDULE["billing-meter-events"] = {
+    "task": "billing.send_all_meter_events",
+    "schedule": 60.0,
 }
 
 # --------------------------------------------------------------------------- agents

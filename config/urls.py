@@ -10,6 +10,8 @@ from agents import api as agents_api
 from agents import documents_api
 from audit import api as audit_api
 from audit import views as audit_views
+from billing import api as billing_api
+from billing import views as billing_views
 from config import views
 from conversations import review_api
 from conversations.api import ConversationViewSet
@@ -56,7 +58,13 @@ urlpatterns = [
         agents_api.RegistryViewSet.as_view({"get": "resolved"}),
         name="registry",
     ),
+    path(
+        "api/v1/usage/",
+        billing_api.UsageViewSet.as_view({"get": "summary"}),
+        name="usage",
+    ),
     path("app/audit/", audit_views.audit_log, name="audit-log"),
+    path("app/usage/", billing_views.usage_page, name="usage-page"),
     path("app/credentials/", vault_views.credentials_page, name="credentials"),
     path(
         "app/credentials/<uuid:credential_id>/<str:action>/",

@@ -43,7 +43,13 @@ def post_message(
     start_agent: bool = True,
 ) -> Message:
     """A message in a conversation. A client's message starts an agent run, whose answer
-    goes to the review queue or straight back, per the tenant's review policy."""
+    goes to the review queue or straight back, per the tenant's review policy. Before it is
+    saved, the limiter admits it (raises RateLimited, HardCapReached, LimiterUnavailable)."""
+    starts_run = sender_for_role(role) == Message.Sender.CLIENT and start_agent
+    if starts_run:
+        from billing.limiter import check_request
+
+        check_request(user_id=getattr(acting_user, "pk", None))
     message = Message.objects.create(
         conversation=conversation,
         sender=sender_for_role(role),
@@ -59,7 +65,7 @@ def post_message(
         resource_id=message.id,
         context={"conversation": str(conversation.id)},
     )
-    if message.sender == Message.Sender.CLIENT and start_agent:
+    if starts_run:
         from agents.runs import start_agent_run
 
         start_agent_run(conversation=conversation, trigger=message, requested_by=acting_user)

@@ -20,7 +20,8 @@ class TenantTask(Task):
     tenant_scoped = True
     # Each run writes a `task.<name>` audit event in the same transaction as its work, so a
     # task that fails (and rolls back) leaves none. A task may opt out only when it is
-    # itself a record of the log (the audit checkpoint).
+    # itself a record of the log (the audit checkpoint) or a periodic tick that records
+    # its own event when it does something (the Stripe meter sender).
     audit_event = True
 
     def _tenant_id_from(self, kwargs: dict[str, Any] | None) -> str:

@@ -85,7 +85,11 @@ def _app_tables() -> list[str]:
         for model in apps.get_app_config(label).get_models()
     ]
     # Platform rows that migrations ship (plan defaults) are not test data: keep them.
-    tables = [t for t in tables if t not in {"agents_planentitlement"}]
+    tables = [
+        t
+        for t in tables
+        if t not in {"agents_planentitlement", "billing_modelprice", "billing_planlimit"}
+    ]
     return [*tables, "audit_chain_heads", "django_session", "django_admin_log"]
 
 

@@ -236,6 +236,7 @@ ENDPOINTS: list[tuple[str, str]] = [
     ("GET", "/api/v1/credentials/{credential}/"),
     ("POST", "/api/v1/credentials/{credential}/rotate/"),
     ("DELETE", "/api/v1/credentials/{credential}/"),
+    ("GET", "/api/v1/usage/"),
 ]
 DETAIL_ENDPOINTS = [e for e in ENDPOINTS if "{" in e[1]]
 
@@ -357,6 +358,7 @@ TENANT_ADMIN_ONLY = (
     "/api/v1/support-sessions/",
     "/api/v1/audit/",
     "/api/v1/credentials/",
+    "/api/v1/usage/",
 )
 ADMINS = frozenset({"owner", "admin"})
 TEAM = ADMINS | {"consultant"}

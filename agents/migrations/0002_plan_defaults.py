@@ -35,15 +35,18 @@ ROWS = [
 
 
 def add_defaults(apps, schema_editor):
+    # The migration's own connection (the owner's), not the router's default.
+    alias = schema_editor.connection.alias
     plan_entitlement = apps.get_model("agents", "PlanEntitlement")
     for plan, kind, name, config in ROWS:
-        plan_entitlement.objects.update_or_create(
+        plan_entitlement.objects.using(alias).update_or_create(
             plan=plan, kind=kind, name=name, defaults={"config": config}
         )
 
 
 def remove_defaults(apps, schema_editor):
-    apps.get_model("agents", "PlanEntitlement").objects.all().delete()
+    alias = schema_editor.connection.alias
+    apps.get_model("agents", "PlanEntitlement").objects.using(alias).all().delete()
 
 
 class Migration(migrations.Migration):
