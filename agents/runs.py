@@ -23,6 +23,7 @@ from agents.models import AgentRun
 from audit.actions import record_audit_event
 from billing.limiter import HardCapReached, RateLimited
 from billing.usage import restore_usage
+from config.telemetry import bind_agent_run
 from conversations.models import Conversation, Correction, Message
 from tenants.context import require_tenant_id
 from tenants.models import Tenant
@@ -91,7 +92,7 @@ def execute_run(run: AgentRun) -> AgentRun:
     resolved = registry.resolve()
     graph = build_graph(run, resolved, TenantCheckpointSaver())
     try:
-        with transaction.atomic():
+        with bind_agent_run(run.id, user_id=run.requested_by_id), transaction.atomic():
             graph.invoke(
                 {"messages": conversation_history(run), "question": run.trigger_message.body},
                 _config(run),

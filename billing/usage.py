@@ -11,12 +11,15 @@ from typing import Any, TypeVar
 
 from django.core.cache import cache
 from django.utils import timezone
+from opentelemetry import trace
 
 from audit.actions import record_audit_event
 from billing import limiter
 from billing.models import MeterEvent, ModelPrice, UsageEvent
 
 T = TypeVar("T")
+# A no-op until config.telemetry.setup_tracing installs a tracer provider.
+tracer = trace.get_tracer(__name__)
 DEFAULT_OUTPUT_ESTIMATE = 1024  # tokens reserved for an answer before we know its length
 
 
@@ -105,37 +108,49 @@ def guarded_call(
     """Run one model or tool call under the limiter and record its usage (idempotent per run
     and step). Raises limiter.RateLimited, HardCapReached or LimiterUnavailable before the
     call is made."""
-    price = price_for(model if kind == UsageEvent.Kind.MODEL else f"tool:{tool}")
-    estimated_output = DEFAULT_OUTPUT_ESTIMATE if kind == UsageEvent.Kind.MODEL else 0
-    reservation = limiter.reserve(
-        user_id=run.requested_by_id,
-        estimated_tokens=estimated_input_tokens + estimated_output,
-        estimated_cost=price.cost(estimated_input_tokens, estimated_output),
-    )
-    if reservation.soft_cap_reached and notify_soft_cap(reservation):
-        _ledger(run).append({"soft_cap_period": reservation.period})
-    try:
-        result = call()
-    except BaseException:
-        limiter.release(reservation)
-        raise
-    input_tokens, output_tokens = _tokens(result) if kind == UsageEvent.Kind.MODEL else (0, 0)
-    cost = price.cost(input_tokens, output_tokens)
-    entry = {
-        "idempotency_key": f"{run.id}:{step}",
-        "kind": kind,
-        "user_id": run.requested_by_id,
-        "agent_run": run,
-        "model": model,
-        "tool": tool,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cost_microdollars": cost,
-    }
-    created = _record(entry)
-    if created:
-        _ledger(run).append(entry)
-    limiter.settle(
-        reservation, actual_cost=cost if created else 0, actual_tokens=input_tokens + output_tokens
-    )
-    return result
+    span_name = "agent.model_call" if kind == UsageEvent.Kind.MODEL else "agent.tool_call"
+    with tracer.start_as_current_span(span_name) as span:
+        span.set_attribute("agent.step", step)
+        if kind == UsageEvent.Kind.MODEL:
+            span.set_attribute("gen_ai.request.model", model)
+        else:
+            span.set_attribute("agent.tool.name", tool)
+        price = price_for(model if kind == UsageEvent.Kind.MODEL else f"tool:{tool}")
+        estimated_output = DEFAULT_OUTPUT_ESTIMATE if kind == UsageEvent.Kind.MODEL else 0
+        reservation = limiter.reserve(
+            user_id=run.requested_by_id,
+            estimated_tokens=estimated_input_tokens + estimated_output,
+            estimated_cost=price.cost(estimated_input_tokens, estimated_output),
+        )
+        if reservation.soft_cap_reached and notify_soft_cap(reservation):
+            _ledger(run).append({"soft_cap_period": reservation.period})
+        try:
+            result = call()
+        except BaseException:
+            limiter.release(reservation)
+            raise
+        input_tokens, output_tokens = _tokens(result) if kind == UsageEvent.Kind.MODEL else (0, 0)
+        cost = price.cost(input_tokens, output_tokens)
+        entry = {
+            "idempotency_key": f"{run.id}:{step}",
+            "kind": kind,
+            "user_id": run.requested_by_id,
+            "agent_run": run,
+            "model": model,
+            "tool": tool,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_microdollars": cost,
+        }
+        created = _record(entry)
+        if created:
+            _ledger(run).append(entry)
+        limiter.settle(
+            reservation,
+            actual_cost=cost if created else 0,
+            actual_tokens=input_tokens + output_tokens,
+        )
+        span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+        span.set_attribute("agent.cost_microdollars", cost)
+        return result

@@ -19,3 +19,27 @@ def refuse_unsafe_database_role(**kwargs: Any) -> None:
     from tenants.checks import assert_tenant_boundary
 
     assert_tenant_boundary()
+
+
+@signals.worker_process_init.connect
+def trace_worker_process(**kwargs: Any) -> None:
+    """Tracing in each pool process (a parent's exporter thread does not survive the fork)."""
+    from config.telemetry import setup_tracing
+
+    setup_tracing()
+
+
+@signals.worker_init.connect
+def trace_worker(sender: Any = None, **kwargs: Any) -> None:
+    """Solo and thread pools run tasks in the worker process itself (no worker_process_init)."""
+    if "prefork" in str(getattr(sender, "pool_cls", "")).lower():
+        return
+    from config.telemetry import setup_tracing
+
+    setup_tracing()
+
+
+@signals.setup_logging.connect
+def keep_django_logging(**kwargs: Any) -> None:
+    """Workers log through settings.LOGGING (JSON with tenant and run ids in production)
+    instead of Celery's own handlers."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI from our own static files (CSP: no CDN)
     "django_otp",
     "django_otp.plugins.otp_totp",
     "mozilla_django_oidc",
@@ -69,6 +70,7 @@ if DEV_IDP:
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "audit.middleware.RequestInfoMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -347,6 +349,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Multi-tenant AI agents. The tenant always comes from your credential.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI is served from drf-spectacular-sidecar's static files, not a CDN (CSP).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # --------------------------------------------------------------------------- i18n, static
@@ -384,17 +391,57 @@ if PRODUCTION:
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
+    # Load balancers probe these over plain HTTP; they must not get a redirect.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    if not CSRF_TRUSTED_ORIGINS:
+        CSRF_TRUSTED_ORIGINS = [
+            f"https://*{host}" if host.startswith(".") else f"https://{host}"
+            for host in ALLOWED_HOSTS
+            if host not in ("*", "")
+        ]
 
+# Content-Security-Policy (config/csp.py). Same-origin scripts only; inline `style=`
+# attributes are used by the pages and the admin. Login and logout end in a redirect to the
+# OpenID provider, which form-action must allow (CSP_FORM_ACTION adds more origins).
+_form_action = ["'self'"]
+for _url in (OIDC_ISSUER, OIDC_OP_AUTHORIZATION_ENDPOINT, OIDC_OP_LOGOUT_ENDPOINT):
+    _parts = urlsplit(_url)
+    if _parts.scheme and _parts.netloc:
+        _form_action.append(f"{_parts.scheme}://{_parts.netloc}")
+_form_action = list(dict.fromkeys([*_form_action, *env.list("CSP_FORM_ACTION", default=[])]))
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'", "'unsafe-inline'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "frame-ancestors": ["'none'"],
+    "form-action": _form_action,
+}
+
+# One line per event. LOG_FORMAT=json (the production default) writes JSON objects with
+# tenant_id, user_id, request_id and agent_run_id (config/telemetry.py); secrets are masked
+# first (config/scrubbing.py).
+LOG_FORMAT = env.choice("LOG_FORMAT", ("json", "plain"), default="json" if PRODUCTION else "plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"secrets": {"()": "config.scrubbing.SecretsFilter"}},
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {
+        "secrets": {"()": "config.scrubbing.SecretsFilter"},
+        "context": {"()": "config.telemetry.ContextFilter"},
+    },
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.telemetry.JsonFormatter"},
+    },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["secrets"],
+            "formatter": LOG_FORMAT,
+            "filters": ["secrets", "context"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
@@ -420,3 +467,14 @@ if SENTRY_DSN:
         before_send=before_send,  # type: ignore[arg-type]
         traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
     )
+
+# --------------------------------------------------------------------------- telemetry
+# OpenTelemetry traces (config/telemetry.py): OTEL_EXPORTER=otlp (OTLP over HTTP to
+# OTEL_EXPORTER_OTLP_ENDPOINT, read by the exporter) or console; "none" turns tracing off.
+OTEL_EXPORTER = env.choice("OTEL_EXPORTER", ("none", "otlp", "console"), default="none")
+OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="playbook")
+# After authentication and the tenant: names the user and request on logs, spans, Sentry.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("tenants.middleware.TenantContextMiddleware") + 1,
+    "config.telemetry.TelemetryMiddleware",
+)

@@ -4,6 +4,10 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+from config.telemetry import setup_tracing
+
+# Before the handler loads its middleware: Django's instrumentation adds one.
+setup_tracing()
 application = get_wsgi_application()
 
 from tenants.checks import assert_tenant_boundary  # noqa: E402

@@ -166,4 +166,9 @@ def test_health_endpoints() -> None:
     assert Client().get("/healthz").json() == {"status": "ok"}
     ready = Client().get("/readyz")
     assert ready.status_code == 200, ready.content
-    assert ready.json()["checks"] == {"database": "ok", "migrations": "ok", "redis": "ok"}
+    assert ready.json()["checks"] == {
+        "database": "ok",
+        "database_role": "ok",
+        "migrations": "ok",
+        "redis": "ok",
+    }
