@@ -20,7 +20,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-BENCHMARKS = ["bench.limiter"]
+BENCHMARKS = ["bench.limiter", "bench.rls", "bench.vectors"]
 
 
 def memory_gb() -> float | None:
