@@ -271,8 +271,15 @@ class SupportAuditedAdmin(admin.ModelAdmin):
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return support.is_support_staff(request.user)
 
+    # Records support may look at but never edit (keys, the log itself, credentials).
+    read_only = False
+
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return support.is_support_staff(request.user) and current_support_session_id() is not None
+        return (
+            not self.read_only
+            and support.is_support_staff(request.user)
+            and current_support_session_id() is not None
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -343,9 +350,7 @@ class ApiKeyAdmin(SupportAuditedAdmin):
     list_display = ["name", "prefix", "scope", "created_at", "expires_at", "revoked_at"]
     fields = ("name", "prefix", "scope", "created_at", "expires_at", "revoked_at", "last_used_at")
     readonly_fields = fields  # the hash is never shown
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    read_only = True
 
 
 @admin.register(AuditEvent, site=support_admin_site)
@@ -359,9 +364,7 @@ class AuditEventAdmin(SupportAuditedAdmin):
         "resource_id",
     ]
     list_filter = ["actor_type", "action"]
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    read_only = True
 
 
 @admin.register(SupportSession, site=support_admin_site)
@@ -369,9 +372,7 @@ class SupportSessionAdmin(SupportAuditedAdmin):
     list_display = ["staff", "created_at", "expires_at", "ended_at"]
     fields = ("staff", "reason", "created_at", "expires_at", "ended_at")
     readonly_fields = fields
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    read_only = True
 
 
 @admin.register(Credential, site=support_admin_site)
@@ -381,6 +382,4 @@ class CredentialAdmin(SupportAuditedAdmin):
     list_display = ["name", "kind", "last_four", "created_at", "last_used_at", "rotated_at"]
     fields = ("name", "kind", "metadata", "last_four", "created_at", "last_used_at", "rotated_at")
     readonly_fields = fields
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    read_only = True

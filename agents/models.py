@@ -27,7 +27,10 @@ class EntitlementKind(models.TextChoices):
 
 
 class PlanEntitlement(models.Model):
-    """What a plan includes by default (platform data: one row per plan and item)."""
+    """What a plan includes by default (platform data: one row per plan and item).
+
+    Not a TenantScopedModel: it is the platform's catalogue, shared by every tenant of a
+    plan, and holds no customer data. A tenant's own choices live in TenantEntitlement."""
 
     plan = models.CharField(max_length=20, choices=Tenant.Plan.choices)
     kind = models.CharField(max_length=20, choices=EntitlementKind.choices)

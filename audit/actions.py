@@ -7,7 +7,6 @@ one, and the function chains the event onto the tenant's log under a per-tenant 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from django.db import connection
 
 from audit.context import current_request_info
 from audit.models import AuditEvent
-from audit.payload import json_safe, redact
+from audit.payload import json_safe, payload_digest, redact
 from audit.verify_export import canonical_json
 from tenants.context import current_support_session_id, require_tenant_id
 
@@ -31,8 +30,9 @@ class RecordedEvent:
 
 def _actor(actor: Any) -> tuple[str, str, str]:
     """(actor_type, actor_id, label) for a user, staff, an API key principal, or the system."""
-    staff = getattr(actor, "is_staff", False) and getattr(actor, "tenant_id", None) is None
-    if current_support_session_id() is not None or staff:
+    from accounts.support import is_support_staff
+
+    if current_support_session_id() is not None or is_support_staff(actor):
         return AuditEvent.ActorType.SUPPORT, str(getattr(actor, "pk", "") or ""), str(actor or "")
     if actor is None or not getattr(actor, "is_authenticated", False):
         return AuditEvent.ActorType.SYSTEM, "", "system"
@@ -72,9 +72,9 @@ def record_audit_event(
         )
     info = current_request_info()
     if payload is not None:
-        payload_digest = hashlib.sha256(canonical_json(redact(payload)).encode()).hexdigest()
+        payload_sha256 = payload_digest(payload)
     else:
-        payload_digest = info.payload_sha256 if info else ""
+        payload_sha256 = info.payload_sha256 if info else ""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT event_id, event_seq, event_hash FROM audit_record_event("
@@ -90,7 +90,7 @@ def record_audit_event(
                 "" if agent_run_id is None else str(agent_run_id)[:64],
                 info.ip if info else None,
                 info.user_agent if info else "",
-                payload_digest,
+                payload_sha256,
                 canonical_json(details),
             ],
         )

@@ -60,4 +60,9 @@ def payload_sha256(request: HttpRequest) -> str:
             return hashlib.sha256(raw).hexdigest() if raw else ""
     except (ValueError, RawPostDataException):
         return ""
+    return payload_digest(data)
+
+
+def payload_digest(data: Any) -> str:
+    """SHA-256 of the canonical JSON of `data`, secret fields redacted first."""
     return hashlib.sha256(canonical_json(redact(data)).encode()).hexdigest()

@@ -48,7 +48,10 @@ class UsageEvent(TenantScopedModel):
 
 
 class ModelPrice(models.Model):
-    """What a model or tool call costs, in micro-dollars (platform data: rows, not code)."""
+    """What a model or tool call costs, in micro-dollars (platform data: rows, not code).
+
+    Not a TenantScopedModel: the platform's price list, the same for every tenant; it holds
+    no customer data."""
 
     name = models.CharField(max_length=100, unique=True, help_text="Model name, or tool:<name>.")
     input_per_million = models.BigIntegerField(default=0, help_text="Micro-dollars per 1M tokens.")
@@ -71,7 +74,9 @@ class ModelPrice(models.Model):
 
 
 class PlanLimit(models.Model):
-    """Rate limits and monthly spend caps per plan (platform data). 0 means unlimited."""
+    """Rate limits and monthly spend caps per plan (platform data). 0 means unlimited.
+
+    Not a TenantScopedModel: one row per plan, shared by its tenants; no customer data."""
 
     plan = models.CharField(max_length=20, choices=Tenant.Plan.choices, unique=True)
     requests_per_minute = models.PositiveIntegerField(default=60, help_text="Per tenant.")

@@ -21,7 +21,6 @@ replays the stored answer of a key (a 500 too) for 24 hours.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -31,6 +30,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from billing.models import MeterEvent, StripeCustomer
+from config.scrubbing import scrub_text
 from tenants.context import require_tenant_id
 from tenants.models import Tenant
 
@@ -44,7 +44,6 @@ CUSTOMER_KEY_TTL_SECONDS = 24 * 3600  # how long Stripe keeps an idempotent answ
 # that says it already exists or is a duplicate, are taken as "already recorded".
 DUPLICATE_CODES = frozenset({"resource_already_exists", "duplicate_meter_event"})
 DISABLED_MESSAGE = "Stripe metering is disabled: STRIPE_SECRET_KEY is not set."
-_SECRET_PATTERN = re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9*]+")
 _disabled_logged = False
 
 
@@ -94,7 +93,7 @@ def redact(text: str) -> str:
     key = settings.STRIPE_SECRET_KEY
     if key:
         text = text.replace(key, "[redacted]")
-    return _SECRET_PATTERN.sub("[redacted]", text)
+    return scrub_text(text)
 
 
 def describe(exc: stripe.StripeError) -> str:

@@ -26,8 +26,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -65,53 +66,47 @@ def write_state(values: dict[str, str]) -> None:
     STACK_ENV.chmod(0o600)
 
 
-def ensure_rsa_key(path: Path) -> Path:
-    """A 2048-bit RSA key for the local identity provider, made once, kept in .data/."""
+def ensure_secret_file(path: Path, make: Callable[[], bytes]) -> Path:
+    """A development key, made once with `make`, kept in .data/, readable by its owner only."""
     if not path.exists():
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
+        path.write_bytes(make())
+        path.chmod(0o600)
+    return path
+
+
+def _pem(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
-        path.chmod(0o600)
-    return path
+    )
 
 
-def ensure_vault_keys(path: Path) -> Path:
-    """The local vault's key-encryption key, version 1, made once, kept in .data/."""
-    if not path.exists():
-        import base64
-        import json
+def new_rsa_pem() -> bytes:
+    """A 2048-bit RSA key for the local identity provider."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"1": base64.b64encode(secrets.token_bytes(32)).decode()}))
-        path.chmod(0o600)
-    return path
+    return _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
-def ensure_ed25519_key(path: Path) -> Path:
-    """The audit signing key for development, made once, kept in .data/."""
-    if not path.exists():
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+def new_ed25519_pem() -> bytes:
+    """The audit signing key for development."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(
-            Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        path.chmod(0o600)
-    return path
+    return _pem(Ed25519PrivateKey.generate())
+
+
+def new_vault_keys() -> bytes:
+    """The local vault's key-encryption key, version 1."""
+    import base64
+    import json
+
+    return json.dumps({"1": base64.b64encode(secrets.token_bytes(32)).decode()}).encode()
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -341,14 +336,20 @@ class Stack:
 
         # The local OpenID Connect provider: its RSA signing key and the web client's secret.
         env["DEV_IDP"] = "1"
-        env["DEV_IDP_RSA_KEY_FILE"] = str(ensure_rsa_key(DATA_DIR / "dev_idp_rsa.pem"))
+        env["DEV_IDP_RSA_KEY_FILE"] = str(
+            ensure_secret_file(DATA_DIR / "dev_idp_rsa.pem", new_rsa_pem)
+        )
         env["OIDC_RP_CLIENT_SECRET"] = state.get("OIDC_RP_CLIENT_SECRET") or secrets.token_urlsafe(
             32
         )
         # The local key-encryption key of the credential vault (development only).
-        env["VAULT_LOCAL_KEY_FILE"] = str(ensure_vault_keys(DATA_DIR / "vault_kek.json"))
+        env["VAULT_LOCAL_KEY_FILE"] = str(
+            ensure_secret_file(DATA_DIR / "vault_kek.json", new_vault_keys)
+        )
         # The platform key that signs audit-log exports and checkpoints.
-        env["AUDIT_SIGNING_KEY_FILE"] = str(ensure_ed25519_key(DATA_DIR / "audit_ed25519.pem"))
+        env["AUDIT_SIGNING_KEY_FILE"] = str(
+            ensure_secret_file(DATA_DIR / "audit_ed25519.pem", new_ed25519_pem)
+        )
 
         write_state(env)
         self.env = env

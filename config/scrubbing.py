@@ -25,7 +25,8 @@ SECRET_VALUES = re.compile(
     r"|pbk_[0-9a-f]{32}_[A-Za-z0-9]{10}\.[A-Za-z0-9_\-]{20,}"  # Playbook API keys
     r"|(?i:bearer)\s+[A-Za-z0-9._\-~+/]{16,}=*"  # bearer tokens, JWTs
     r"|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}"  # bare JWTs
-    r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,})"  # Stripe
+    r"|(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}"  # Stripe
+    r"|\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9*]+)"  # Stripe keys as its errors quote them (masked)
 )
 
 

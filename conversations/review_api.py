@@ -49,9 +49,15 @@ class DraftSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def _run(self, message: Message) -> AgentRun | None:
-        return (
-            AgentRun.objects.select_related("trigger_message").filter(draft_message=message).first()
-        )
+        # Both fields need the run: look it up once per message.
+        if not hasattr(message, "_review_run"):
+            message._review_run = (  # type: ignore[attr-defined]
+                AgentRun.objects.select_related("trigger_message")
+                .filter(draft_message=message)
+                .first()
+            )
+        run: AgentRun | None = message._review_run  # type: ignore[attr-defined]
+        return run
 
     def get_question(self, message: Message) -> str:
         run = self._run(message)

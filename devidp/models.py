@@ -15,6 +15,10 @@ from django.db import models
 
 
 class DevIdentity(models.Model):
+    """Not a TenantScopedModel: this is the stand-in identity provider's own directory (it
+    plays an external system, which knows no tenant context), installed only with DEV_IDP=1
+    and refused in production. It holds demo accounts, never customer data."""
+
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dev_identity"
     )

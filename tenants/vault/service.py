@@ -187,19 +187,6 @@ def use_credential(
         del secret
 
 
-def credential_metadata(
-    name: str | None = None, *, kind: str | None = None
-) -> dict[str, Any] | None:
-    """Non-secret metadata of a credential (base URL, account id), or None."""
-    found = Credential.objects.all()
-    if name is not None:
-        found = found.filter(name=name)
-    if kind is not None:
-        found = found.filter(kind=kind)
-    credential = found.order_by("-created_at").first()
-    return dict(credential.metadata) if credential else None
-
-
 def rewrap_data_keys(target_backend: str | None = None) -> int:
     """Re-wrap the current tenant's data keys under the current KEK (version or backend).
     The data keys themselves do not change, so no credential needs re-encrypting."""
