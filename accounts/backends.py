@@ -124,4 +124,5 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
         return user
 
     def get_user(self, user_id: Any) -> User | None:
-        return User.objects.filter(pk=user_id).first()
+        # A deactivated account's sessions end at its next request.
+        return User.objects.filter(pk=user_id, is_active=True).first()

@@ -16,6 +16,7 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from tenants.models import CrossTenantForeignKey, Tenant, TenantScopedModel
 
@@ -31,6 +32,22 @@ class User(AbstractUser):
     )
     oidc_issuer = models.CharField(max_length=255, blank=True, default="")
     oidc_subject = models.CharField(max_length=255, blank=True, default="")
+    # Raised when the account is deactivated: every session signed before stops working, and
+    # stays ended if the account is reactivated (see _get_session_auth_hash).
+    session_epoch = models.PositiveIntegerField(default=0, editable=False)
+
+    def _get_session_auth_hash(self, secret: str | None = None) -> str:
+        # Django ends a session whose stored hash no longer matches. OIDC accounts have no
+        # password to change, so the epoch is what a deactivation changes.
+        base: str = super()._get_session_auth_hash(secret=secret)  # type: ignore[misc]
+        if not self.session_epoch:
+            return base
+        return salted_hmac(
+            "accounts.User.session_epoch",
+            f"{base}:{self.session_epoch}",
+            secret=secret,
+            algorithm="sha256",
+        ).hexdigest()
 
     class Meta(AbstractUser.Meta):  # type: ignore[name-defined]
         swappable = "AUTH_USER_MODEL"
@@ -150,3 +167,51 @@ class SupportSession(TenantScopedModel):
     @property
     def is_active(self) -> bool:
         return self.ended_at is None and self.expires_at > timezone.now()
+
+
+def default_invitation_expiry() -> datetime:
+    return timezone.now() + timedelta(days=settings.INVITATION_DAYS)
+
+
+class Invitation(TenantScopedModel):
+    """An invitation to join the tenant with a role, sent as a link.
+
+    People still sign in through the organisation's identity provider, which places them in
+    the tenant; the invitation gives the signed-in account whose email it names the invited
+    role. The link's token names its tenant (`inv_<tenant>_<secret>`), so it is looked up under
+    row-level security in that tenant; only its SHA-256 is stored.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    email = models.EmailField()
+    role = models.CharField(max_length=20, choices=Membership.Role.choices)
+    token_hash = models.CharField(max_length=64, editable=False)
+    invited_by = models.ForeignKey(
+        User, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(default=default_invitation_expiry)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        User, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TenantScopedModel.Meta):
+        ordering = ["-created_at"]
+        constraints = [
+            *TenantScopedModel.Meta.constraints,
+            models.UniqueConstraint(fields=["tenant", "token_hash"], name="invitation_token"),
+        ]
+        indexes = [models.Index(fields=["tenant", "email"], name="invitation_tenant_email_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.email} as {self.role}"
+
+    @property
+    def is_open(self) -> bool:
+        return (
+            self.accepted_at is None
+            and self.revoked_at is None
+            and self.expires_at > timezone.now()
+        )

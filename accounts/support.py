@@ -140,6 +140,25 @@ def end_support_session(*, staff: User, session_id: uuid.UUID, tenant_id: uuid.U
         )
 
 
+@transaction.atomic
+def end_support_session_for_tenant(*, acting_user: Any, session: SupportSession) -> bool:
+    """A tenant admin ends a support session on her tenant now (False: it had already ended).
+    The support policy checks the session at every statement, so access stops at once."""
+    session = SupportSession.objects.select_for_update().select_related("staff").get(id=session.id)
+    if session.ended_at is not None or session.expires_at <= timezone.now():
+        return False
+    session.ended_at = timezone.now()
+    session.save(update_fields=["ended_at"])
+    record_audit_event(
+        "support.session_ended_by_tenant",
+        actor=acting_user,
+        resource_type="support_session",
+        resource_id=session.id,
+        context={"staff": User.objects.get(pk=session.staff_id).get_username()},
+    )
+    return True
+
+
 def remember_support_session(request: HttpRequest, session: SupportSession) -> None:
     request.session[SESSION_KEY] = {
         "id": str(session.id),

@@ -12,10 +12,9 @@ from rest_framework.response import Response
 
 from accounts.roles import ADMINS, API_KEY, CLIENT, MEMBERS, TEAM
 from agents import registry
-from agents.models import AgentRun, EntitlementKind, TenantEntitlement
+from agents.entitlements import entitlement_errors, record_entitlement_change, remove_entitlement
+from agents.models import AgentRun, TenantEntitlement
 from agents.runs import live_key
-from agents.tools import TOOLS
-from audit.actions import record_audit_event
 from conversations.models import Message
 from tenants.api import TenantScopedViewSet
 
@@ -86,43 +85,15 @@ class TenantEntitlementSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "updated_at"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        kind = attrs.get("kind", getattr(self.instance, "kind", None))
-        name = attrs.get("name", getattr(self.instance, "name", None))
-        effect = attrs.get("effect", getattr(self.instance, "effect", "grant"))
-        config = attrs.get("config", getattr(self.instance, "config", {})) or {}
-        if not isinstance(config, dict):
-            raise serializers.ValidationError({"config": ["Must be a JSON object."]})
-        # One row per kind and name (tenant_entitlement_key): a 400, not an IntegrityError.
-        others = TenantEntitlement.objects.filter(kind=kind, name=name)
-        if self.instance is not None:
-            others = others.exclude(pk=self.instance.pk)
-        if others.exists():
-            raise serializers.ValidationError(
-                {"name": ["Your tenant already has a row for this kind and name; change it."]}
-            )
-        if kind == EntitlementKind.TOOL and effect == "grant" and name not in TOOLS:
-            raise serializers.ValidationError(
-                {"name": [f"Unknown tool. Available: {', '.join(sorted(TOOLS))}."]}
-            )
-        if kind == EntitlementKind.MODEL and effect == "grant":
-            provider = config.get("provider")
-            if provider not in ("offline", "openai", "anthropic", "openai_compatible"):
-                raise serializers.ValidationError(
-                    {
-                        "config": [
-                            "provider must be offline, openai, anthropic or openai_compatible."
-                        ]
-                    }
-                )
-            temperature = config.get("temperature", 0.2)
-            if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
-                raise serializers.ValidationError({"config": ["temperature must be 0 to 2."]})
-        if kind == EntitlementKind.PROMPT and effect == "grant" and name == "system":
-            text = config.get("text", "")
-            if not isinstance(text, str) or len(text) > 8000:
-                raise serializers.ValidationError(
-                    {"config": ["text must be at most 8000 characters."]}
-                )
+        errors = entitlement_errors(
+            attrs.get("kind", getattr(self.instance, "kind", None)),
+            attrs.get("name", getattr(self.instance, "name", None)),
+            attrs.get("effect", getattr(self.instance, "effect", "grant")),
+            attrs.get("config", getattr(self.instance, "config", {})) or {},
+            exclude_pk=self.instance.pk if self.instance is not None else None,
+        )
+        if errors:
+            raise serializers.ValidationError(errors)
         return attrs
 
 
@@ -142,34 +113,13 @@ class EntitlementViewSet(
     roles = {"list": TEAM, "retrieve": TEAM, "*": ADMINS}
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
-        row = serializer.save()
-        record_audit_event(
-            "registry.changed",
-            actor=self.request.user,
-            resource_type="entitlement",
-            resource_id=row.pk,
-            context={"kind": row.kind, "name": row.name, "effect": row.effect},
-        )
+        record_entitlement_change(self.request.user, serializer.save())
 
     def perform_update(self, serializer: serializers.BaseSerializer) -> None:
-        row = serializer.save()
-        record_audit_event(
-            "registry.changed",
-            actor=self.request.user,
-            resource_type="entitlement",
-            resource_id=row.pk,
-            context={"kind": row.kind, "name": row.name, "effect": row.effect},
-        )
+        record_entitlement_change(self.request.user, serializer.save())
 
     def perform_destroy(self, instance: TenantEntitlement) -> None:
-        record_audit_event(
-            "registry.changed",
-            actor=self.request.user,
-            resource_type="entitlement",
-            resource_id=instance.pk,
-            context={"kind": instance.kind, "name": instance.name, "effect": "deleted"},
-        )
-        instance.delete()
+        remove_entitlement(acting_user=self.request.user, row=instance)
 
 
 class ResolvedRegistrySerializer(serializers.Serializer):

@@ -162,6 +162,10 @@ class AgentRun(TenantScopedModel):
     )
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     model_name = models.CharField(max_length=100, blank=True)
+    # How well the playbook covered the question ("high", "medium", "low"), and why the agent
+    # asked for the consultant (empty: it did not): shown on the draft in the review queue.
+    confidence = models.CharField(max_length=10, blank=True)
+    handoff_reason = models.TextField(blank=True)
     output = models.TextField(blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

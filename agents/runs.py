@@ -218,6 +218,7 @@ def create_answer(
     )
     run.draft_message = message
     run.output = message.body
+    run.confidence, run.handoff_reason = confidence, handoff_reason or ""
     run.status = AgentRun.Status.AWAITING_REVIEW if review else AgentRun.Status.COMPLETED
     if not review:
         run.finished_at = timezone.now()
@@ -225,6 +226,8 @@ def create_answer(
         update_fields=[
             "draft_message",
             "output",
+            "confidence",
+            "handoff_reason",
             "status",
             "finished_at",
             "model_name",

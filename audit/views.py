@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from accounts.roles import ADMINS, principal_role
+from accounts.pages import paginate, tenant_page
+from accounts.roles import ADMINS
 from audit.api import AuditFilterSerializer
 from audit.models import AuditEvent
-from tenants.context import current_tenant_id
 
 
+@tenant_page(ADMINS, message="Only your organisation's owners and admins read the audit log.")
 @require_GET
-@login_required
 def audit_log(request: HttpRequest) -> HttpResponse:
-    if current_tenant_id() is None or principal_role(request.user) not in ADMINS:
-        raise PermissionDenied("Only your organisation's owners and admins read the audit log.")
     filters = AuditFilterSerializer(data=request.GET)
     events = AuditEvent.objects.all().order_by("-seq")
     errors: dict[str, object] = {}
@@ -38,9 +33,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         errors = filters.errors
         events = events.none()
     support = AuditEvent.objects.filter(actor_type=AuditEvent.ActorType.SUPPORT)
-    page = Paginator(events, 50).get_page(request.GET.get("page"))
-    query = request.GET.copy()
-    query.pop("page", None)
+    page, query = paginate(request, events, 50)
     return render(
         request,
         "audit/log.html",
@@ -48,7 +41,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
             "page": page,
             "errors": errors,
             "filters": request.GET,
-            "query": query.urlencode(),
+            "query": query,
             "actor_types": AuditEvent.ActorType.choices,
             "support_count": support.count(),
             "latest_support": support.order_by("-seq").first(),

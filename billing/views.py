@@ -13,15 +13,13 @@ from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from accounts.roles import ADMINS, principal_role
+from accounts.pages import tenant_page
+from accounts.roles import ADMINS
 from billing.api import MICRO, UsageRangeSerializer, current_period_range, usage_data
-from tenants.context import current_tenant_id
 
 # Chart geometry, in SVG user units (the SVG scales to the page's width).
 WIDTH, HEIGHT = 720, 220
@@ -220,11 +218,9 @@ def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [_display(row) for row in rows]
 
 
+@tenant_page(ADMINS, message="Only your organisation's owners and admins see its usage.")
 @require_GET
-@login_required
 def usage_page(request: HttpRequest) -> HttpResponse:
-    if current_tenant_id() is None or principal_role(request.user) not in ADMINS:
-        raise PermissionDenied("Only your organisation's owners and admins see its usage.")
     params = UsageRangeSerializer(data=request.GET)
     errors: dict[str, Any] = {}
     if params.is_valid():

@@ -38,6 +38,7 @@ DB_NAME = "playbook"
 OWNER_ROLE = "playbook_owner"
 RUNTIME_ROLE = "playbook_app"
 DEFAULT_REDIS_PORT = 6390
+EMBEDDED_SECRETS = ("PLAYBOOK_OWNER_PASSWORD", "PLAYBOOK_APP_PASSWORD")
 
 
 def say(message: str) -> None:
@@ -351,7 +352,11 @@ class Stack:
             ensure_secret_file(DATA_DIR / "audit_ed25519.pem", new_ed25519_pem)
         )
 
-        write_state(env)
+        # The embedded roles' passwords outlive a run against another database (DATABASE_URL
+        # set): forgetting them would make the next embedded run reset the roles' passwords
+        # under processes still using them.
+        kept = {k: state[k] for k in EMBEDDED_SECRETS if k in state and k not in env}
+        write_state({**kept, **env})
         self.env = env
         return env
 
@@ -447,8 +452,11 @@ def cmd_dev(host: str, port: int) -> int:
         print(
             "\n"
             f"  Playbook is running at  http://{host}:{port}/\n"
-            f"  API                     http://{host}:{port}/api/v1/\n"
-            "  Stop everything with Ctrl-C (data stays in .data/).\n",
+            f"  Consultant dashboard    http://{host}:{port}/app/   (e.g. nick@northwind.demo)\n"
+            f"  Client chat             http://{host}:{port}/chat/  (e.g. cara@northwind.demo)\n"
+            f"  API                     http://{host}:{port}/api/v1/ (docs at /api/docs/)\n"
+            "  Every demo password is playbook-demo. Stop everything with Ctrl-C (data stays in"
+            " .data/).\n",
             flush=True,
         )
         try:

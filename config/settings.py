@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "django_otp",
     "django_otp.plugins.otp_totp",
     "mozilla_django_oidc",
+    "django_htmx",
 ]
 if DEV_IDP:
     INSTALLED_APPS += ["oauth2_provider", "devidp"]
@@ -85,6 +86,7 @@ MIDDLEWARE = [
     "tenants.middleware.TenantContextMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -101,7 +103,9 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tenants.branding.layout",
             ],
+            "builtins": ["tenants.templatetags.playbook_ui"],
         },
     },
 ]
@@ -327,6 +331,24 @@ TENANT_CONTEXT_RESOLVER = "accounts.support.resolve_request_context"
 OTP_TOTP_ISSUER = "Playbook"
 SUPPORT_SESSION_DEFAULT_MINUTES = env.int("SUPPORT_SESSION_DEFAULT_MINUTES", default=60)
 SUPPORT_SESSION_MAX_MINUTES = env.int("SUPPORT_SESSION_MAX_MINUTES", default=240)
+# How long an invitation link to join a tenant stays valid.
+INVITATION_DAYS = env.int("INVITATION_DAYS", default=14)
+
+# Invitation emails. EMAIL_URL as django-environ reads it: smtp+tls://user:password@host:587,
+# or consolemail:// (the development default: printed by the web process). Unset in
+# production: no email is sent and the dashboard shows the link to pass on instead.
+EMAIL_URL = env.str("EMAIL_URL", default="" if PRODUCTION else "consolemail://")
+SEND_EMAIL = bool(EMAIL_URL)
+_email = env.email_url("EMAIL_URL", default=EMAIL_URL or "dummymail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT = int(_email.get("EMAIL_PORT") or 25)
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = bool(_email.get("EMAIL_USE_TLS"))
+EMAIL_USE_SSL = bool(_email.get("EMAIL_USE_SSL"))
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Playbook <no-reply@localhost>")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -365,6 +387,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Outside production WhiteNoise serves straight from the source folders, so the app runs
+# with DEBUG off (friendly error pages, as the browser tests need) without collectstatic.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+WHITENOISE_AUTOREFRESH = DEBUG
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -1,27 +1,81 @@
-"""Front page and health endpoints."""
+"""Front page, error pages and health endpoints."""
 
 from __future__ import annotations
 
 from django.core.cache import cache
 from django.db import connections, transaction
 from django.db.migrations.executor import MigrationExecutor
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
+from django.template import loader
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from accounts.models import User, role_in_current_tenant
+from accounts.roles import CLIENT, TEAM
+from config.api_errors import NOT_FOUND_MESSAGE, error_body
+from tenants.branding import request_role
 from tenants.checks import runtime_role_problems
 
 
+@never_cache
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    user = request.user
-    context = {
-        "tenant": getattr(user, "tenant", None) if user.is_authenticated else None,
-        "role": role_in_current_tenant(user) if isinstance(user, User) else None,
-    }
-    return render(request, "home.html", context)
+    """Signed-in members go to their place: the team to the dashboard, clients to the chat."""
+    if request.user.is_authenticated:
+        role = request_role(request)
+        if role in TEAM:
+            return HttpResponseRedirect(reverse("app-queue"))
+        if role == CLIENT:
+            return HttpResponseRedirect(reverse("chat"))
+    return render(request, "home.html")
+
+
+# --------------------------------------------------------------------------- error pages
+# Pages for people, JSON for the API (its views answer errors themselves; these cover URLs
+# that match no view and errors raised outside one).
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path_info.startswith("/api/")
+
+
+def _error_page(
+    request: HttpRequest, status: int, code: str, message: str, template: str
+) -> HttpResponse:
+    if _is_api(request):
+        return JsonResponse(error_body(code, message), status=status)
+    return render(request, template, {"message": message}, status=status)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return _error_page(request, 400, "bad_request", "The request could not be read.", "400.html")
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    message = str(exception) if exception and str(exception) else ""
+    return _error_page(
+        request,
+        403,
+        "permission_denied",
+        message or "You do not have permission to open this page.",
+        "403.html",
+    )
+
+
+def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    # One page for "does not exist" and "belongs to another organisation" (invariant 7).
+    return _error_page(request, 404, "not_found", NOT_FOUND_MESSAGE, "404.html")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return JsonResponse(
+            error_body("server_error", "Something went wrong on our side; nothing was saved."),
+            status=500,
+        )
+    # No request context: the database may be what failed, so nothing here may query it.
+    return HttpResponse(loader.get_template("500.html").render({}), status=500)
 
 
 @transaction.non_atomic_requests

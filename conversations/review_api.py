@@ -12,6 +12,7 @@ the agent retrieves for similar questions later.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, cast
 
 from django.db.models import QuerySet
@@ -26,6 +27,7 @@ from accounts.roles import TEAM
 from agents.models import AgentRun
 from agents.runs import ReviewError, review_draft
 from conversations.models import Message
+from conversations.queue import waiting_drafts
 from tenants.api import TenantScopedViewSet
 
 
@@ -84,11 +86,16 @@ class ReviewQueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Tenan
             # a 404 as if the draft had never existed.
             drafts = AgentRun.objects.filter(draft_message__isnull=False)
             return queryset.filter(id__in=drafts.values("draft_message_id"))
-        queryset = queryset.filter(status=Message.Status.DRAFT, sender=Message.Sender.AGENT)
+        drafts = waiting_drafts()  # the dashboard's queue: same drafts, same order
         conversation = self.request.query_params.get("conversation")
         if conversation:
-            queryset = queryset.filter(conversation_id=conversation)
-        return queryset.select_related("conversation").order_by("-created_at")
+            try:
+                drafts = drafts.filter(conversation_id=uuid.UUID(conversation))
+            except ValueError:
+                raise serializers.ValidationError(
+                    {"conversation": ["Must be a conversation id (UUID)."]}
+                ) from None
+        return drafts
 
     def _decide(self, request: Request, decision: str) -> Response:
         message = self.get_object()

@@ -10,6 +10,7 @@ app_name = "oauth2_provider"
 urlpatterns = [
     path("", views.home, name="idp-home"),
     path("login/", views.sign_in, name="idp-login"),
+    path("signup/", views.sign_up, name="idp-signup"),
     path("authorize/", views.DevAuthorizationView.as_view(), name="authorize"),
     path("token/", oauth2_views.TokenView.as_view(), name="token"),
     path("revoke_token/", oauth2_views.RevokeTokenView.as_view(), name="revoke-token"),

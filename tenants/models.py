@@ -10,6 +10,8 @@ from django.db import models
 
 from tenants.context import TenantScopeError, require_tenant_id
 
+DEFAULT_BRAND_COLOR = "#3b5bdb"
+
 
 class Tenant(models.Model):
     """A consultant's business. Platform registry: readable without a tenant context
@@ -45,6 +47,15 @@ class Tenant(models.Model):
         ],
         default="review_all",
     )
+    # Branding of the consultant's pages and her clients' chat (tenants.branding). The logo
+    # is stored re-encoded as PNG (never as uploaded) and served only to signed-in members.
+    brand_color = models.CharField(
+        max_length=7,
+        default=DEFAULT_BRAND_COLOR,
+        validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "A colour like #3b5bdb.")],
+    )
+    logo = models.BinaryField(null=True, blank=True, editable=False)
+    logo_updated_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

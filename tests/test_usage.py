@@ -387,14 +387,16 @@ def test_only_owners_and_admins_see_usage(acme: Usage) -> None:
     for user in (acme.world.owner, acme.admin):
         assert session_client(user).get("/api/v1/usage/").status_code == 200
         assert session_client(user).get("/app/usage/").status_code == 200
-        home = session_client(user).get("/").content.decode()
+        # Where they land after signing in (the dashboard) links to the usage page.
+        home = session_client(user).get("/", follow=True).content.decode()
         assert 'href="/app/usage/"' in home
     for user in (acme.world.consultant, acme.world.client):
         response = session_client(user).get("/api/v1/usage/")
         assert response.status_code == 403
         assert response.json()["code"] == "permission_denied"
         assert session_client(user).get("/app/usage/").status_code == 403
-        assert 'href="/app/usage/"' not in session_client(user).get("/").content.decode()
+        landing = session_client(user).get("/", follow=True).content.decode()
+        assert 'href="/app/usage/"' not in landing
     with tenant_context(acme.world.tenant):
         issued = api_keys.issue_api_key(
             acting_user=acme.world.owner, name="Partner", scope="write", expires_at=None

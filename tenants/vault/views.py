@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from accounts.roles import ADMINS, principal_role
-from tenants.context import current_tenant_id
+from accounts.pages import tenant_page
+from accounts.roles import ADMINS
 from tenants.models import Credential
 from tenants.vault import service
 
@@ -41,15 +39,12 @@ class RotateForm(forms.Form):
     )
 
 
-def _require_admin(request: HttpRequest) -> None:
-    if current_tenant_id() is None or principal_role(request.user) not in ADMINS:
-        raise PermissionDenied("Only your organisation's owners and admins manage credentials.")
+ADMIN_ONLY = "Only your organisation's owners and admins manage credentials."
 
 
-@login_required
+@tenant_page(ADMINS, message=ADMIN_ONLY)
 @require_http_methods(["GET", "POST"])
 def credentials_page(request: HttpRequest) -> HttpResponse:
-    _require_admin(request)
     form = CredentialForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         metadata = (
@@ -71,10 +66,9 @@ def credentials_page(request: HttpRequest) -> HttpResponse:
     )
 
 
-@login_required
+@tenant_page(ADMINS, message=ADMIN_ONLY)
 @require_http_methods(["POST"])
 def credential_action(request: HttpRequest, credential_id: str, action: str) -> HttpResponse:
-    _require_admin(request)
     credential = Credential.objects.filter(id=credential_id).first() if credential_id else None
     if credential is None:
         raise Http404

@@ -26,6 +26,7 @@ DEMO_TENANTS: list[dict[str, Any]] = [
         "name": "Northwind Coaching",
         "plan": Tenant.Plan.PRO,
         "review_policy": "review_all",
+        "brand_color": "#3b5bdb",
         "playbooks": [
             ("northwind-board-meetings.md", "Running your first board meetings"),
             ("northwind-hiring-sales-leaders.md", "Hiring a head of sales"),
@@ -54,6 +55,7 @@ DEMO_TENANTS: list[dict[str, Any]] = [
         "name": "Bluebird Advisory",
         "plan": Tenant.Plan.STARTER,
         "review_policy": "flagged",
+        "brand_color": "#0c8599",
         "playbooks": [
             ("bluebird-pricing.md", "Pricing advisory services"),
             ("bluebird-quarterly-planning.md", "Quarterly planning"),
@@ -129,6 +131,7 @@ class Command(BaseCommand):
                 "name": spec["name"],
                 "plan": spec["plan"],
                 "review_policy": spec["review_policy"],
+                "brand_color": spec["brand_color"],
             },
         )
         if not created:
