@@ -195,6 +195,17 @@ def tenant_from_claim(claims: dict[str, Any]) -> Tenant | None:
         return Tenant.objects.filter(slug=value).first()
 
 
+def claim_names(tenant: Tenant, value: object) -> bool:
+    """Whether a tenant claim names `tenant`, read as tenant_from_claim reads it (a UUID is the
+    tenant's id, anything else its slug)."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        return uuid.UUID(value) == tenant.id
+    except ValueError:
+        return value == tenant.slug
+
+
 def role_from_claims(claims: dict[str, Any]) -> str | None:
     roles = claims.get(settings.OIDC_ROLES_CLAIM)
     if isinstance(roles, str):
@@ -221,15 +232,22 @@ def bind_user(claims: dict[str, Any], *, sync_role: bool) -> Binding:
     (TenantClaimMismatch). A claim that names no known tenant is refused (InvalidToken).
     """
     issuer, subject = str(claims["iss"]).rstrip("/"), str(claims["sub"])
-    tenant = tenant_from_claim(claims)
-    user = User.objects.filter(oidc_issuer=issuer, oidc_subject=subject).first()
-    bound = user.tenant_id if user is not None else None
-    if user is not None and bound is not None and (tenant is None or tenant.id != bound):
-        raise TenantClaimMismatch(user, str(claims.get(settings.OIDC_TENANT_CLAIM, "")))
+    claimed = claims.get(settings.OIDC_TENANT_CLAIM)
+    # One query on the hot path (every bearer request): the user with the tenant it is bound to.
+    found = User.objects.select_related("tenant").filter(oidc_issuer=issuer, oidc_subject=subject)
+    user = next(iter(found[:1]), None)  # (iss, sub) is unique: no ordering, as first() adds
+    if user is not None and user.tenant is not None:
+        if not claim_names(user.tenant, claimed):
+            raise TenantClaimMismatch(user, str(claims.get(settings.OIDC_TENANT_CLAIM, "")))
+        tenant: Tenant | None = user.tenant
+    else:
+        tenant = tenant_from_claim(claims)
     if tenant is None:
         raise InvalidToken("The token does not name a known organisation.")
     if tenant.status != Tenant.Status.ACTIVE:
         raise InvalidToken("This organisation's account is not active.")
+    if user is not None and user.tenant_id is not None and not sync_role:
+        return Binding(user=user, created=False)  # bound, and nothing to write
 
     created = newly_bound = False
     with transaction.atomic():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from accounts.models import Membership
+from accounts.models import Membership, role_in_current_tenant
 
 OWNER = Membership.Role.OWNER.value
 ADMIN = Membership.Role.ADMIN.value
@@ -24,6 +24,4 @@ def principal_role(principal: Any) -> str | None:
         return None
     if getattr(principal, "actor_type", None) == "api_key":
         return API_KEY
-    if getattr(principal, "tenant_id", None) is None:
-        return None
-    return Membership.objects.filter(user=principal).values_list("role", flat=True).first()
+    return role_in_current_tenant(principal)

@@ -84,6 +84,13 @@ class TenantEntitlementSerializer(serializers.ModelSerializer):
         fields = ["id", "kind", "name", "effect", "config", "updated_at"]
         read_only_fields = ["id", "updated_at"]
 
+    def validate_config(self, value: Any) -> Any:
+        # A form-encoded "null" is parsed to None after DRF's own null check (which only
+        # sees JSON's null): refuse it here, the column is NOT NULL.
+        if value is None:
+            raise serializers.ValidationError("Must be a JSON object.")
+        return value
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         errors = entitlement_errors(
             attrs.get("kind", getattr(self.instance, "kind", None)),

@@ -12,6 +12,7 @@ class AgentsConfig(AppConfig):
     def ready(self) -> None:
         from agents import registry, runs  # noqa: F401  (runs registers the run task)
         from agents.models import PlanEntitlement, TenantEntitlement
+        from billing.models import PlanLimit
         from tenants.models import Tenant
 
         def tenant_row_changed(sender: Any, instance: Any, **kwargs: Any) -> None:
@@ -30,4 +31,6 @@ class AgentsConfig(AppConfig):
         for signal in (post_save, post_delete):
             signal.connect(tenant_row_changed, sender=TenantEntitlement, weak=False)
             signal.connect(plan_row_changed, sender=PlanEntitlement, weak=False)
+            # The resolved registry carries the plan's limits too (billing.limiter.limits_for).
+            signal.connect(plan_row_changed, sender=PlanLimit, weak=False)
         post_save.connect(tenant_changed, sender=Tenant, weak=False)

@@ -1,4 +1,5 @@
-"""The entitlement registry: which tools, models, prompts and data sources a tenant may use.
+"""The entitlement registry: which tools, models, prompts and data sources a tenant may use,
+and its plan's limits.
 
 Rows, not code: a plan's defaults (PlanEntitlement) narrowed or extended by the tenant's own
 rows (TenantEntitlement: grant with config, or revoke). Resolved per request or run and
@@ -33,6 +34,9 @@ class Resolved:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompts: dict[str, dict[str, Any]] = field(default_factory=dict)
     data_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The plan's rate limits and spend caps (billing.models.PlanLimit's fields; empty: none
+    # set), cached here so that admitting a call costs no database query.
+    limits: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +71,15 @@ _SECTIONS = {
 }
 
 
+LIMIT_FIELDS = (
+    "requests_per_minute",
+    "user_requests_per_minute",
+    "tokens_per_minute",
+    "soft_cap_microdollars",
+    "hard_cap_microdollars",
+)
+
+
 def cache_key(tenant_id: uuid.UUID | str) -> str:
     # The {tenant} hash tag keeps a tenant's keys on one Redis Cluster slot.
     return f"registry:{{{tenant_id}}}"
@@ -82,7 +95,10 @@ def resolve_from_rows(tenant: Tenant) -> Resolved:
             section.pop(trow.name, None)
         else:
             section[trow.name] = {**section.get(trow.name, {}), **dict(trow.config)}
-    return Resolved(tenant_id=str(tenant.id), plan=tenant.plan, **sections)
+    from billing.models import PlanLimit
+
+    limits = PlanLimit.objects.filter(plan=tenant.plan).values(*LIMIT_FIELDS).first() or {}
+    return Resolved(tenant_id=str(tenant.id), plan=tenant.plan, limits=limits, **sections)
 
 
 def resolve() -> Resolved:

@@ -1,15 +1,40 @@
 """Agent runs: queued by a client's message, executed in Celery, paused for review, resumed
-by the consultant's decision. Each state change is audited in its own transaction."""
+by the consultant's decision. Each state change is audited in its own transaction.
+
+Failures and redelivery (`run_agent`):
+- An attempt is all or nothing. The graph runs in a savepoint of the task's transaction; what
+  it wrote is kept only if it finishes or pauses for review (or halts at the hard cap). The
+  usage of calls already made is written again after a rollback (billing.usage.restore_usage).
+- The limiter refusing for now (RateLimited), the limiter's Redis being unreachable
+  (LimiterUnavailable, or any Redis error), or the database connection breaking are waits,
+  not failures: the run stays `queued`, with the reason in `error`, and is tried again after
+  5, 10, 20... seconds (AGENT_RUN_*). After AGENT_RUN_MAX_ATTEMPTS it is `failed`.
+- Every attempt starts from the beginning: LangGraph's checkpoints are committed as they are
+  written (agents.checkpointer), so an attempt that died or rolled back leaves some, which a new
+  attempt deletes rather than replays (it would see the conversation twice).
+- Deliveries are idempotent: the task locks the run's row and does nothing unless the run is
+  `queued`. A task redelivered after its worker died, delivered twice, or still running past
+  the broker's visibility timeout neither calls the model again nor bills or audits again.
+- A run whose task was lost altogether (the broker's Redis restarted without its data) is
+  queued again by the beat (`requeue_stalled_runs`) after AGENT_RUN_STALLED_SECONDS.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import random
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from celery import shared_task
+import redis
+from celery import Task, shared_task
+from celery.exceptions import Reject, Retry
+from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.types import Command
@@ -21,10 +46,12 @@ from agents.embeddings import get_embedder
 from agents.graph import build_graph
 from agents.models import AgentRun
 from audit.actions import record_audit_event
-from billing.limiter import HardCapReached, RateLimited
+from billing.limiter import HardCapReached, LimiterUnavailable, RateLimited
 from billing.usage import restore_usage
+from config.api_errors import database_unavailable
 from config.telemetry import bind_agent_run
 from conversations.models import Conversation, Correction, Message
+from tenants.celery import SystemTask, TenantTask, fan_out
 from tenants.context import require_tenant_id
 from tenants.models import Tenant
 
@@ -83,16 +110,56 @@ def _config(run: AgentRun) -> dict[str, Any]:
     return {"configurable": {"thread_id": str(run.id)}}
 
 
+# Reasons to wait and try again, not to fail: the limiter refuses for now or cannot be
+# reached (any Redis error: the limiter's and the cache's), the database connection broke.
+WAIT_ERRORS: tuple[type[Exception], ...] = (
+    RateLimited,
+    LimiterUnavailable,
+    redis.RedisError,
+    OperationalError,
+    InterfaceError,
+)
+
+
+class RunWaiting(Exception):
+    """The attempt could not go on for now; the run is saved `queued` with the reason."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+        self.reason = type(cause).__name__
+
+
+def _set_live(run: AgentRun) -> None:
+    """Live status for the API; best effort (a Redis outage must not break the run)."""
+    try:
+        cache.set(live_key(run.id), {"status": run.status}, 3600)
+    except Exception:
+        logger.warning("could not write the live status of run %s", run.id)
+
+
+def _clear_live(run: AgentRun) -> None:
+    try:
+        cache.delete(live_key(run.id))
+    except Exception:
+        logger.warning("could not clear the live status of run %s", run.id)
+
+
 def execute_run(run: AgentRun) -> AgentRun:
-    """Run the graph until it finishes or pauses for review."""
+    """Run the graph until it finishes or pauses for review. A reason to wait (WAIT_ERRORS)
+    leaves the run `queued` with the reason in `error` and raises RunWaiting (or, when the
+    database is gone and nothing could be saved, the database's error); any other error
+    fails the run."""
     if run.status not in (AgentRun.Status.QUEUED, AgentRun.Status.FAILED):
         return run
     run.status, run.started_at, run.error = AgentRun.Status.RUNNING, timezone.now(), ""
-    cache.set(live_key(run.id), {"status": run.status}, 3600)
-    resolved = registry.resolve()
-    graph = build_graph(run, resolved, TenantCheckpointSaver())
+    _set_live(run)
     try:
         with bind_agent_run(run.id, user_id=run.requested_by_id), transaction.atomic():
+            checkpointer = TenantCheckpointSaver()
+            # A new attempt starts over: what an earlier attempt checkpointed is not replayed.
+            checkpointer.delete_thread(str(run.id))
+            graph = build_graph(run, registry.resolve(), checkpointer)
             graph.invoke(
                 {"messages": conversation_history(run), "question": run.trigger_message.body},
                 _config(run),
@@ -100,32 +167,33 @@ def execute_run(run: AgentRun) -> AgentRun:
     except HardCapReached:
         restore_usage(run)
         halt_for_spend_cap(run)
-    except RateLimited:
-        # The run's work rolled back (its usage is kept); the task retries after the window.
+    except WAIT_ERRORS as exc:
+        # The run's work rolled back (its usage is kept); the task tries again later. If the
+        # database itself is gone this raises the database's error, and nothing is written.
         restore_usage(run)
-        run.status = AgentRun.Status.QUEUED
-        run.save(update_fields=["status", "started_at", "error"])
-        raise
+        run.status, run.error = AgentRun.Status.QUEUED, type(exc).__name__
+        run.save(update_fields=["status", "started_at", "error", "model_name"])
+        raise RunWaiting(exc) from exc
     except Exception as exc:
         restore_usage(run)
         logger.exception("agent run %s failed", run.id)
-        run.status, run.error, run.finished_at = (
-            AgentRun.Status.FAILED,
-            type(exc).__name__,
-            timezone.now(),
-        )
-        run.save(update_fields=["status", "error", "finished_at", "model_name"])
-        record_audit_event(
-            "agent.run_failed",
-            actor_type="agent",
-            resource_type="agent_run",
-            resource_id=run.id,
-            agent_run_id=run.id,
-            context={"error": type(exc).__name__},
-        )
+        fail_run(run, type(exc).__name__)
     finally:
-        cache.delete(live_key(run.id))
+        _clear_live(run)
     return run
+
+
+def fail_run(run: AgentRun, error: str, **context: Any) -> None:
+    run.status, run.error, run.finished_at = AgentRun.Status.FAILED, error, timezone.now()
+    run.save(update_fields=["status", "error", "finished_at", "model_name"])
+    record_audit_event(
+        "agent.run_failed",
+        actor_type="agent",
+        resource_type="agent_run",
+        resource_id=run.id,
+        agent_run_id=run.id,
+        context={"error": error, **context},
+    )
 
 
 HALT_NOTICE = (
@@ -165,16 +233,139 @@ def halt_for_spend_cap(run: AgentRun) -> None:
     )
 
 
+def retry_delay(attempt: int, exc: BaseException | None = None) -> float:
+    """Seconds before attempt `attempt + 1`: exponential backoff with jitter, or as long as
+    the rate limiter says when that is longer."""
+    base = settings.AGENT_RUN_RETRY_BACKOFF_SECONDS * 2 ** max(0, attempt - 1)
+    delay = min(settings.AGENT_RUN_RETRY_BACKOFF_MAX_SECONDS, base)
+    delay *= random.uniform(0.5, 1.0)  # noqa: S311 (spreads retries after an outage)
+    if isinstance(exc, RateLimited):
+        delay = max(delay, float(exc.retry_after))
+    return delay
+
+
+# Queueing the next attempt retries for a few seconds while the broker (the limiter's Redis,
+# by default) is unreachable: a blip is bridged. After that the task is rejected back to the
+# queue; if the broker is still down, its message stays unacknowledged in Redis and comes back
+# after the visibility timeout, or the beat queues the run again (requeue_stalled_runs).
+RETRY_PUBLISH_POLICY = {
+    "max_retries": 10,
+    "interval_start": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 5,
+}
+
+
+def _retry_later(task: Task, run_id: str, tenant_id: str, attempt: int, delay: float) -> None:
+    """Queue the next attempt. If the broker cannot take it, the message being processed goes
+    back to the queue instead (or, with the broker still down, stays unacknowledged there and
+    is redelivered after the visibility timeout): a waiting run is not dropped."""
+    options: dict[str, Any] = {
+        "countdown": delay,
+        "retries": attempt,  # what the next attempt sees as request.retries
+        "retry": True,
+        "retry_policy": RETRY_PUBLISH_POLICY,
+    }
+    try:
+        task.apply_async(args=(run_id,), kwargs={"tenant_id": tenant_id}, **options)
+    except Exception as exc:
+        logger.warning("could not queue the next attempt of run %s; requeueing", run_id)
+        raise Reject(exc, requeue=True) from exc
+
+
+class RunAgentTask(TenantTask):
+    """An attempt that finds the database unreachable, when it starts or while it runs, wrote
+    nothing (its transaction is gone): it is tried again later, like any other wait."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            attempt = int(self.request.retries or 0) + 1
+            if attempt >= settings.AGENT_RUN_MAX_ATTEMPTS:
+                raise
+            run_id = str(args[0] if args else kwargs["run_id"])
+            delay = retry_delay(attempt, exc)
+            logger.warning("agent run %s: database unavailable (%s)", run_id, type(exc).__name__)
+            _retry_later(self, run_id, str(kwargs["tenant_id"]), attempt, delay)
+            raise Retry(exc=exc, when=timezone.now() + timedelta(seconds=delay)) from exc
+
+
 @shared_task(
-    name="agents.run_agent",
-    autoretry_for=(RateLimited,),
-    retry_backoff=5,
-    retry_backoff_max=120,
-    max_retries=8,
+    bind=True, base=RunAgentTask, name="agents.run_agent", audit_event=False, max_retries=None
 )
-def run_agent(run_id: str, *, tenant_id: str) -> str:
-    run = AgentRun.objects.select_related("conversation", "trigger_message").get(id=run_id)
-    return execute_run(run).status
+def run_agent(self: Task, run_id: str, *, tenant_id: str) -> str:
+    """One attempt at a run (see the module docstring). Not audited as a task: the run
+    audits its own state changes, once each, however many times it is delivered."""
+    attempt = int(self.request.retries or 0) + 1
+    run = (
+        AgentRun.objects.select_for_update(of=("self",))
+        .select_related("conversation", "trigger_message")
+        .filter(id=run_id)
+        .first()
+    )
+    if run is None:
+        return "missing"
+    if run.status != AgentRun.Status.QUEUED:
+        return run.status  # done already: a redelivery or a duplicate
+    try:
+        return execute_run(run).status
+    except RunWaiting as waiting:
+        if attempt >= settings.AGENT_RUN_MAX_ATTEMPTS:
+            fail_run(run, waiting.reason, attempts=attempt)
+            return run.status
+        delay = retry_delay(attempt, waiting.cause)
+        logger.warning(
+            "agent run %s waits (%s); attempt %d in %.1f s",
+            run_id,
+            waiting.reason,
+            attempt + 1,
+            delay,
+        )
+        # Queued once the run's state (queued, why, the usage so far) is committed.
+        transaction.on_commit(lambda: _retry_later(self, run_id, tenant_id, attempt, delay))
+        return run.status
+
+
+@shared_task(name="agents.requeue_stalled_runs", base=TenantTask, audit_event=False)
+def requeue_stalled_runs(*, tenant_id: str) -> int:
+    """Queue again the tenant's runs that are `queued` but were not tried (nor queued again)
+    for AGENT_RUN_STALLED_SECONDS: their task was lost. A run whose task was only slow to
+    come is delivered twice, which does nothing the second time (run_agent's row lock)."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.AGENT_RUN_STALLED_SECONDS)
+    stalled = list(
+        # A run whose row is locked is being tried right now: not stalled.
+        AgentRun.objects.select_for_update(skip_locked=True)
+        .filter(status=AgentRun.Status.QUEUED)
+        .filter(Q(started_at__lt=cutoff) | Q(started_at__isnull=True, created_at__lt=cutoff))
+        .order_by("created_at")
+        .values_list("id", flat=True)[:500]
+    )
+    if stalled:
+        # started_at is "last tried or queued again": the next sweep leaves them alone.
+        AgentRun.objects.filter(id__in=stalled).update(started_at=now)
+        logger.warning("queueing %d stalled agent run(s) again", len(stalled))
+        # A periodic tick: audited when it did something, not on every tick.
+        record_audit_event(
+            "agent.runs_requeued",
+            actor_type="system",
+            resource_type="agent_run",
+            context={"runs": [str(r) for r in stalled], "reason": "stalled"},
+        )
+        for run_id in stalled:
+            transaction.on_commit(
+                functools.partial(run_agent.delay, str(run_id), tenant_id=tenant_id)
+            )
+    return len(stalled)
+
+
+@shared_task(name="agents.requeue_all_stalled_runs", base=SystemTask)
+def requeue_all_stalled_runs() -> int:
+    """Fan out (Celery beat): one tenant task per tenant."""
+    return fan_out(requeue_stalled_runs)
 
 
 # --------------------------------------------------------------------------- graph steps

@@ -5,8 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from audit.export import create_checkpoint
-from tenants.celery import SystemTask, TenantTask
-from tenants.models import Tenant
+from tenants.celery import SystemTask, TenantTask, fan_out
 
 
 @shared_task(name="audit.checkpoint_tenant", base=TenantTask, audit_event=False)
@@ -18,8 +17,4 @@ def checkpoint_tenant(*, tenant_id: str) -> int | None:
 @shared_task(name="audit.checkpoint_all_tenants", base=SystemTask)
 def checkpoint_all_tenants() -> int:
     """Fan out: one tenant-scoped task per tenant (this task itself sees no tenant data)."""
-    count = 0
-    for tenant_id in Tenant.objects.values_list("id", flat=True):
-        checkpoint_tenant.delay(tenant_id=str(tenant_id))
-        count += 1
-    return count
+    return fan_out(checkpoint_tenant)

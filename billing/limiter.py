@@ -9,11 +9,14 @@ which in one atomic step:
      pass the hard cap (-> the run halts);
   4. otherwise records the request and reserves the estimated cost.
 After the call, `settle()` runs SETTLE: the reservation is released and the actual cost added.
+A call of an agent run is admitted under a request id of its own (run and step): admitted again
+(the run retried, or redelivered after its worker died), it keeps the reservation it holds.
 
 Every key of one call carries the `{tenant_id}` hash tag, so the scripts run unchanged on
 Redis Cluster. PostgreSQL (UsageEvent.cost_microdollars) is the source of truth: when the
 period's spend key is missing (Redis restarted or flushed), it is rebuilt from PostgreSQL
-before the call is admitted.
+before the call is admitted. A settlement that could not be written (Redis went down after the
+call) is replayed at the process's next admission for the tenant, at most once in effect.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from django.conf import settings
 from django.db.models import Sum
 
 from billing.models import PlanLimit, UsageEvent
-from tenants.context import require_tenant_id
+from tenants.context import current_tenant_id, require_tenant_id
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -46,8 +49,15 @@ ADMIT = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local since = now - window
+local id = ARGV[10]
 if redis.call('EXISTS', KEYS[4]) == 0 then
   return {'cold', 0}
+end
+-- The same call admitted again (its run is retried, or was redelivered after its worker died):
+-- it keeps the reservation it holds and is counted once.
+if redis.call('HEXISTS', KEYS[6], id) == 1 then
+  local held = tonumber(redis.call('GET', KEYS[4]) or '0')
+  return {'ok', held + tonumber(redis.call('GET', KEYS[5]) or '0')}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', since)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', since)
@@ -90,7 +100,6 @@ local hard = tonumber(ARGV[9])
 if hard > 0 and spent + reserved + cost > hard then
   return {'hard_cap', spent + reserved}
 end
-local id = ARGV[10]
 redis.call('ZADD', KEYS[1], now, id)
 redis.call('ZADD', KEYS[2], now, id)
 redis.call('HINCRBY', KEYS[3], second, tokens)
@@ -111,8 +120,12 @@ return {'ok', spent + reserved + cost}
 
 SETTLE = """
 -- KEYS: 1 period spend, 2 period reserved, 3 reservation hash, 4 tenant tokens per second
--- ARGV: 1 request id, 2 actual cost, 3 actual tokens, 4 period ttl s
+-- ARGV: 1 request id, 2 actual cost, 3 actual tokens, 4 period ttl s,
+--       5 '1' when replaying a settlement that may have been applied already
 local entry = redis.call('HGET', KEYS[3], ARGV[1])
+if not entry and ARGV[5] == '1' then
+  return redis.call('GET', KEYS[1])
+end
 redis.call('HDEL', KEYS[3], ARGV[1])
 if entry then
   local reserved, second, estimated = string.match(entry, '^(%d+):(%d+):(%d+)$')
@@ -169,6 +182,9 @@ def period_start(period: str) -> datetime:
 
 _client: redis.Redis | None = None
 _scripts: dict[str, Any] = {}
+# Settlements this process could not write (Redis went down after the call), per tenant:
+# replayed before its next admission for that tenant (see `settle`).
+_unsettled: dict[str, list[tuple[Reservation, int, int]]] = {}
 
 
 def client() -> redis.Redis:
@@ -231,18 +247,36 @@ def period_ttl() -> int:
 
 
 def limits_for(tenant_id: str) -> PlanLimit:
+    """The tenant's plan limits: from the entitlement registry's Redis cache (invalidated
+    when a plan's limits or the tenant's plan change), else from PostgreSQL."""
+    from agents import registry
+
+    if str(current_tenant_id()) == str(tenant_id):
+        try:
+            resolved = registry.resolve()
+        except redis.RedisError:
+            resolved = None  # the cache's Redis may be down while the limiter's is up
+        if resolved is not None:
+            return PlanLimit(plan=resolved.plan, **resolved.limits)
     plan = Tenant.objects.filter(id=tenant_id).values_list("plan", flat=True).first()
     return PlanLimit.objects.filter(plan=plan).first() or PlanLimit(plan=plan or "")
 
 
-def reserve(*, user_id: object, estimated_tokens: int, estimated_cost: int) -> Reservation:
+def reserve(
+    *,
+    user_id: object,
+    estimated_tokens: int,
+    estimated_cost: int,
+    request_id: str | None = None,
+) -> Reservation:
     """Admit one call for the current tenant, or raise RateLimited / HardCapReached /
-    LimiterUnavailable."""
+    LimiterUnavailable. A `request_id` admitted before and not settled yet is admitted again
+    on its open reservation."""
     tenant_id = str(require_tenant_id())
     period = period_of()
     limit = limits_for(tenant_id)
     k = keys(tenant_id, user_id, period)
-    request_id = uuid.uuid4().hex
+    request_id = request_id or uuid.uuid4().hex
     args = [
         int(time.time() * 1000),
         WINDOW_MS,
@@ -266,6 +300,7 @@ def reserve(*, user_id: object, estimated_tokens: int, estimated_cost: int) -> R
         "reservations",
     ]
     try:
+        _replay_settlements(tenant_id)
         for _attempt in range(2):
             verdict, value = _script("admit", ADMIT)(keys=[k[n] for n in order], args=args)
             verdict = verdict.decode() if isinstance(verdict, bytes) else verdict
@@ -287,16 +322,45 @@ def reserve(*, user_id: object, estimated_tokens: int, estimated_cost: int) -> R
     )
 
 
-def settle(reservation: Reservation, *, actual_cost: int, actual_tokens: int) -> None:
+def _settle(reservation: Reservation, actual_cost: int, actual_tokens: int, replay: bool) -> None:
     k = keys(reservation.tenant_id, None, reservation.period)
+    _script("settle", SETTLE)(
+        keys=[k["spend"], k["reserved"], k["reservations"], k["tenant_tokens"]],
+        args=[
+            reservation.request_id,
+            max(0, actual_cost),
+            max(0, actual_tokens),
+            period_ttl(),
+            "1" if replay else "0",
+        ],
+    )
+
+
+def settle(reservation: Reservation, *, actual_cost: int, actual_tokens: int) -> None:
     try:
-        _script("settle", SETTLE)(
-            keys=[k["spend"], k["reserved"], k["reservations"], k["tenant_tokens"]],
-            args=[reservation.request_id, max(0, actual_cost), max(0, actual_tokens), period_ttl()],
-        )
+        _settle(reservation, actual_cost, actual_tokens, replay=False)
     except redis.RedisError:
-        # The usage event in PostgreSQL is already written: the next cold start rebuilds.
+        # The usage event in PostgreSQL is written all the same. The settlement is replayed
+        # at this process's next admission for the tenant: it releases the reservation and
+        # adds the cost if Redis kept them (a restart from its append-only file), and does
+        # nothing if it was applied after all or Redis lost them (then the spend is rebuilt
+        # from PostgreSQL, like any missing spend).
+        _unsettled.setdefault(reservation.tenant_id, []).append(
+            (reservation, actual_cost, actual_tokens)
+        )
         logger.warning("could not settle reservation %s in Redis", reservation.request_id)
+
+
+def _replay_settlements(tenant_id: str) -> None:
+    pending = _unsettled.pop(tenant_id, [])
+    while pending:
+        reservation, cost, tokens = pending[0]
+        try:
+            _settle(reservation, cost, tokens, replay=True)
+        except redis.RedisError:
+            _unsettled.setdefault(tenant_id, []).extend(pending)
+            raise
+        pending.pop(0)
 
 
 def release(reservation: Reservation) -> None:

@@ -9,8 +9,7 @@ from celery import shared_task
 
 from audit.actions import record_audit_event
 from billing.stripe_sync import log_disabled_once, metering_enabled, send_due_meter_events
-from tenants.celery import SystemTask, TenantTask
-from tenants.models import Tenant
+from tenants.celery import SystemTask, TenantTask, fan_out
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +36,4 @@ def send_all_meter_events() -> int:
     if not metering_enabled():
         log_disabled_once()
         return 0
-    count = 0
-    for tenant_id in Tenant.objects.values_list("id", flat=True):
-        send_meter_events_for_tenant.delay(tenant_id=str(tenant_id))
-        count += 1
-    return count
+    return fan_out(send_meter_events_for_tenant)

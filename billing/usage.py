@@ -117,10 +117,12 @@ def guarded_call(
             span.set_attribute("agent.tool.name", tool)
         price = price_for(model if kind == UsageEvent.Kind.MODEL else f"tool:{tool}")
         estimated_output = DEFAULT_OUTPUT_ESTIMATE if kind == UsageEvent.Kind.MODEL else 0
+        idempotency_key = f"{run.id}:{step}"
         reservation = limiter.reserve(
             user_id=run.requested_by_id,
             estimated_tokens=estimated_input_tokens + estimated_output,
             estimated_cost=price.cost(estimated_input_tokens, estimated_output),
+            request_id=idempotency_key,
         )
         if reservation.soft_cap_reached and notify_soft_cap(reservation):
             _ledger(run).append({"soft_cap_period": reservation.period})
@@ -132,7 +134,7 @@ def guarded_call(
         input_tokens, output_tokens = _tokens(result) if kind == UsageEvent.Kind.MODEL else (0, 0)
         cost = price.cost(input_tokens, output_tokens)
         entry = {
-            "idempotency_key": f"{run.id}:{step}",
+            "idempotency_key": idempotency_key,
             "kind": kind,
             "user_id": run.requested_by_id,
             "agent_run": run,

@@ -32,6 +32,20 @@ _CODES: dict[type[Exception], str] = {
 }
 
 
+def database_unavailable(exc: BaseException | None) -> bool:
+    """The error, or one it was raised while handling, says the database could not be reached
+    or the connection broke (a restart, a failover): a moment's outage, not a bug."""
+    from django.db import InterfaceError, OperationalError
+
+    for _ in range(10):
+        if exc is None:
+            return False
+        if isinstance(exc, OperationalError | InterfaceError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
 

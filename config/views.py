@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.core.cache import cache
 from django.db import connections, transaction
 from django.db.migrations.executor import MigrationExecutor
@@ -13,7 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from accounts.roles import CLIENT, TEAM
-from config.api_errors import NOT_FOUND_MESSAGE, error_body
+from config.api_errors import NOT_FOUND_MESSAGE, database_unavailable, error_body
 from tenants.branding import request_role
 from tenants.checks import runtime_role_problems
 
@@ -68,7 +70,26 @@ def page_not_found(request: HttpRequest, exception: Exception | None = None) -> 
     return _error_page(request, 404, "not_found", NOT_FOUND_MESSAGE, "404.html")
 
 
+# Seconds a client is told to wait when the database is unreachable (a restart, a failover).
+DATABASE_RETRY_AFTER = 5
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
+    # Django calls this while handling the exception, so it is still the current one.
+    if database_unavailable(sys.exc_info()[1]):
+        # Nothing was saved: the request's transaction never committed.
+        if _is_api(request):
+            response: HttpResponse = JsonResponse(
+                error_body(
+                    "service_unavailable",
+                    "Playbook is briefly unavailable; nothing was saved. Try again in a moment.",
+                ),
+                status=503,
+            )
+        else:
+            response = HttpResponse(loader.get_template("503.html").render({}), status=503)
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
     if _is_api(request):
         return JsonResponse(
             error_body("server_error", "Something went wrong on our side; nothing was saved."),

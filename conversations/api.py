@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -42,6 +43,17 @@ class MessageSerializer(serializers.ModelSerializer):
         ]
 
     body = serializers.CharField(max_length=20_000, trim_whitespace=True)
+
+
+class PostedMessageSerializer(MessageSerializer):
+    """The answer to posting a message: the message, and the agent run it started (a
+    client's message) or null."""
+
+    agent_run = serializers.UUIDField(allow_null=True, read_only=True)
+
+    class Meta(MessageSerializer.Meta):
+        fields = [*MessageSerializer.Meta.fields, "agent_run"]
+        read_only_fields = [*MessageSerializer.Meta.read_only_fields, "agent_run"]
 
 
 class TenantClientField(serializers.PrimaryKeyRelatedField):
@@ -96,6 +108,8 @@ class ConversationViewSet(
             acting_user=self.request.user, client=client, title=serializer.validated_data["title"]
         )
 
+    @extend_schema(methods=["GET"], responses=MessageSerializer(many=True))
+    @extend_schema(methods=["POST"], responses={201: PostedMessageSerializer})
     @action(detail=True, methods=["get", "post"], serializer_class=MessageSerializer)
     def messages(self, request: Request, pk: str | None = None) -> Response:
         conversation = self.get_object()

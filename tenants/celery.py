@@ -63,3 +63,15 @@ class SystemTask(Task):
 
     abstract = True
     tenant_scoped = False
+
+
+def fan_out(task: TenantTask) -> int:
+    """Enqueue `task` once for every tenant (for a SystemTask sweep, which sees no tenant
+    rows and so cannot tell which tenants have work); returns how many were enqueued."""
+    from tenants.models import Tenant
+
+    count = 0
+    for tenant_id in Tenant.objects.values_list("id", flat=True):
+        task.delay(tenant_id=str(tenant_id))
+        count += 1
+    return count

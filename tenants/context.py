@@ -68,9 +68,11 @@ def require_tenant_id() -> uuid.UUID:
     return tenant_id
 
 
-def _set_database_setting(using: str, name: str, value: str) -> None:
+def _set_database_settings(using: str, values: dict[str, str]) -> None:
+    """Transaction-local settings, all in one statement (one round trip per request)."""
+    calls = ", ".join(["set_config(%s, %s, true)"] * len(values))
     with connections[using].cursor() as cursor:
-        cursor.execute("SELECT set_config(%s, %s, true)", [name, value])
+        cursor.execute(f"SELECT {calls}", [x for item in values.items() for x in item])
 
 
 @contextmanager
@@ -106,12 +108,13 @@ def tenant_context(
         if support_id is None
         else (SUPPORT_SETTING, str(support_id))
     )
+    values = {setting: value}
+    if user_id is not None:
+        values[USER_SETTING] = str(int(user_id))
     connection = connections[using]
     nested = connection.in_atomic_block
     with transaction.atomic(using=using):
-        _set_database_setting(using, setting, value)
-        if user_id is not None:
-            _set_database_setting(using, USER_SETTING, str(int(user_id)))
+        _set_database_settings(using, values)
         token = _current_tenant.set(tenant_id)
         support_token = _current_support_session.set(support_id)
         try:
@@ -122,6 +125,4 @@ def tenant_context(
         # Leaving normally inside an outer transaction: clear the setting ourselves. On an
         # exception the savepoint rollback reverts it; at the outermost level COMMIT does.
         if nested and not connection.needs_rollback:
-            _set_database_setting(using, setting, "")
-            if user_id is not None:
-                _set_database_setting(using, USER_SETTING, "")
+            _set_database_settings(using, dict.fromkeys(values, ""))

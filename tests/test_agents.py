@@ -25,6 +25,7 @@ from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections
 from django.test import Client, override_settings
+from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
@@ -611,6 +612,29 @@ def test_invalid_entitlements_are_a_400(acme: World, body: dict[str, Any], field
     with tenant_context(acme.tenant):
         assert TenantEntitlement.objects.count() == 0
     assert audit_events(acme, "registry.changed") == []
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch"])
+def test_a_form_encoded_null_config_is_a_400_not_a_500(acme: World, method: str) -> None:
+    # Found by tests/reliability/test_api_fuzz.py: in a form, "null" became None after DRF's
+    # null check and reached the NOT NULL column (IntegrityError, a 500).
+    with tenant_context(acme.tenant):
+        row = TenantEntitlement.objects.create(kind="tool", name="http_request", config={})
+    url = ENTITLEMENTS if method == "post" else f"{ENTITLEMENTS}{row.id}/"
+    form = {"kind": "tool", "name": "search_playbook", "effect": "grant", "config": "null"}
+    owner = logged_in(acme.owner)
+    if method == "post":
+        response = owner.post(url, form)  # multipart by default
+    else:
+        response = getattr(owner, method)(
+            url, encode_multipart(BOUNDARY, form), content_type=MULTIPART_CONTENT
+        )
+    assert response.status_code == 400, response.content
+    assert response.json()["fields"] == {"config": ["Must be a JSON object."]}
+    with tenant_context(acme.tenant):
+        assert list(TenantEntitlement.objects.values_list("name", "config")) == [
+            ("http_request", {})
+        ]
 
 
 # --------------------------------------------------------------------------- 4. isolation

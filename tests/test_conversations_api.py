@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 from django.test import Client
+from drf_spectacular.generators import SchemaGenerator
 
 from conversations.models import Conversation
 from tenants.context import tenant_context
@@ -138,6 +139,19 @@ def test_posting_and_reading_messages(acme: World) -> None:
     empty = client_for(acme.client).post(url, {"body": "   "}, content_type="application/json")
     assert empty.status_code == 400
     assert empty.json()["code"] == "invalid"
+
+
+def test_the_schema_describes_the_messages_endpoint_as_it_answers() -> None:
+    # Found by tests/reliability/test_api_fuzz.py: the schema said GET answers one message
+    # (it answers a page of them) and POST a 200 (it is a 201 with the run it started).
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    operations = schema["paths"]["/api/v1/conversations/{id}/messages/"]
+    listed = operations["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert listed == {"$ref": "#/components/schemas/PaginatedMessageList"}
+    posted = operations["post"]["responses"]
+    assert set(posted) == {"201"}
+    reference = posted["201"]["content"]["application/json"]["schema"]["$ref"]
+    assert "agent_run" in schema["components"]["schemas"][reference.rsplit("/", 1)[-1]]["required"]
 
 
 def test_bad_json_is_a_clear_400(acme: World) -> None:

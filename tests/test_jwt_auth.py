@@ -22,7 +22,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from django.db import connection
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 
 from accounts import oidc
 from accounts.models import Membership, User
@@ -280,3 +282,25 @@ def test_a_bearer_request_never_falls_back_to_the_session(
     browser.force_login(acme.owner)
     assert browser.get("/api/v1/me").status_code == 200
     assert_401(browser.get("/api/v1/me", HTTP_AUTHORIZATION="Bearer nonsense"))
+
+
+def test_a_bound_subject_costs_one_query_and_its_claim_is_still_checked(
+    provider: FakeProvider, keys: dict[str, SigningKey], acme: World
+) -> None:
+    globex = build_world("globex")
+    assert call(keys["rsa"].sign(claims_for(acme))).status_code == 200  # binds the subject
+    # Every later bearer request: the user with its tenant, one statement, no transaction.
+    with CaptureQueriesContext(connection) as queries:
+        binding = oidc.bind_user(claims_for(acme), sync_role=False)
+    assert binding.user.tenant_id == acme.tenant.id and not binding.created
+    assert len(queries) == 1, [q["sql"] for q in queries]
+    # The claim may name the tenant by slug, as at first login; another tenant is refused,
+    # by id or by slug, and so is the subject's own tenant once it is no longer active.
+    assert call(keys["rsa"].sign(claims_for(acme, tenant_id=acme.tenant.slug))).status_code == 200
+    for other in (str(globex.tenant.id), globex.tenant.slug, ""):
+        assert_401(call(keys["rsa"].sign(claims_for(acme, tenant_id=other))))
+    acme.tenant.status = "suspended"
+    acme.tenant.save(update_fields=["status"])
+    refused = call(keys["rsa"].sign(claims_for(acme)))
+    assert_401(refused)
+    assert refused.json()["message"] == "This organisation's account is not active."

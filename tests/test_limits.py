@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any, cast
 
 import pytest
@@ -35,7 +36,14 @@ from redis.crc import key_slot
 from accounts.models import User
 from agents.llm import use_chat_model
 from agents.models import AgentRun
-from agents.runs import HALT_NOTICE, execute_run, run_agent
+from agents.runs import (
+    HALT_NOTICE,
+    RunWaiting,
+    execute_run,
+    requeue_all_stalled_runs,
+    requeue_stalled_runs,
+    run_agent,
+)
 from audit.actions import audit_operator
 from audit.models import AuditEvent
 from billing import limiter
@@ -651,8 +659,19 @@ def test_with_the_limiter_down_agents_fail_closed_and_the_rest_works(live_acme: 
                 str(acme.conversations[0].id)
             }
 
-            # The queued run's task executes now: it fails cleanly, without a draft.
-            assert run_agent.delay(str(run.id), tenant_id=str(acme.tenant.id)).get() == "failed"
+            # An attempt now waits: no model call, the run stays queued and says why.
+            with tenant_context(acme.tenant):
+                with use_chat_model(FixedAnswerModel()), pytest.raises(RunWaiting):
+                    execute_run(run)
+                run.refresh_from_db()
+                assert (run.status, run.error) == (AgentRun.Status.QUEUED, "LimiterUnavailable")
+
+            # The queued run's task executes now and waits; its next attempts (at once here,
+            # eagerly; after a backoff in a worker) wait too, and the last one fails the run
+            # cleanly, without a draft.
+            with override_settings(AGENT_RUN_MAX_ATTEMPTS=3):
+                result = run_agent.delay(str(run.id), tenant_id=str(acme.tenant.id))
+                assert result.get() == "queued"
         finally:
             limiter.reset_client()
     limiter.reset_client()
@@ -665,7 +684,7 @@ def test_with_the_limiter_down_agents_fail_closed_and_the_rest_works(live_acme: 
         assert not Message.objects.filter(sender=Message.Sender.AGENT).exists()
         assert UsageEvent.objects.count() == 0
     [failed] = audit_events(acme, "agent.run_failed")
-    assert failed.context == {"error": "LimiterUnavailable"}
+    assert failed.context == {"error": "LimiterUnavailable", "attempts": 3}
 
     # Redis is back: the client's next message is admitted and answered.
     with use_chat_model(FixedAnswerModel()):
@@ -711,3 +730,155 @@ def test_every_key_of_a_tenant_carries_its_hash_tag(acme: World) -> None:
         touched = re.findall(r"redis\.call\('\w+',\s*([^,)]+)", script)
         assert touched
         assert all(arg.startswith("KEYS[") for arg in touched), touched
+
+
+# --------------------------------------------------------------------------- 8. retries
+
+
+def test_a_call_admitted_again_under_its_request_id_keeps_its_one_reservation(
+    acme: World,
+) -> None:
+    """A run retried or redelivered after its worker died asks again for the same step: it
+    takes over the reservation the lost attempt left open instead of holding two."""
+    set_limits(user_requests_per_minute=100)
+    k = limiter_keys(acme, acme.client)
+    with tenant_context(acme.tenant):
+        first = limiter.reserve(
+            user_id=acme.client.pk, estimated_tokens=10, estimated_cost=700, request_id="r:1"
+        )
+        again = limiter.reserve(
+            user_id=acme.client.pk, estimated_tokens=10, estimated_cost=700, request_id="r:1"
+        )
+        assert again.request_id == first.request_id
+        assert int(redis_db().get(k["reserved"]) or 0) == 700
+        assert len(window(k["user_requests"])) == 1
+        limiter.settle(again, actual_cost=500, actual_tokens=10)
+    assert int(redis_db().get(k["reserved"]) or 0) == 0
+    assert int(redis_db().get(k["spend"]) or 0) == 500
+
+
+def test_a_settlement_redis_could_not_take_is_replayed_once_at_the_next_admission(
+    acme: World,
+) -> None:
+    set_limits()
+    k = limiter_keys(acme)
+    with tenant_context(acme.tenant):
+        open_call = limiter.reserve(user_id=acme.client.pk, estimated_tokens=0, estimated_cost=900)
+        assert int(redis_db().get(k["reserved"]) or 0) == 900
+        with override_settings(LIMITER_REDIS_URL="redis://127.0.0.1:1/0"):
+            limiter.reset_client()
+            try:
+                limiter.settle(open_call, actual_cost=600, actual_tokens=0)  # Redis is "down"
+            finally:
+                limiter.reset_client()
+        assert int(redis_db().get(k["reserved"]) or 0) == 900  # still open in Redis
+        limiter.release(
+            limiter.reserve(user_id=acme.client.pk, estimated_tokens=0, estimated_cost=0)
+        )
+        # Replayed before that admission: the reservation released, the cost added, once.
+        assert int(redis_db().get(k["reserved"]) or 0) == 0
+        assert int(redis_db().get(k["spend"]) or 0) == 600
+        limiter._settle(open_call, 600, 0, replay=True)  # applied already: nothing happens
+    assert int(redis_db().get(k["spend"]) or 0) == 600
+
+
+class FailsOnceModel(FixedAnswerModel):
+    """The first call fails as if Redis dropped mid-call; every call records its prompt."""
+
+    prompts: list[list[BaseMessage]] = []
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.prompts.append(list(messages))
+        if len(self.prompts) == 1:
+            raise redis.ConnectionError("Connection reset by peer")
+        return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+
+def test_a_run_that_must_wait_is_tried_again_from_the_start_and_delivered_once(
+    live_acme: World,
+) -> None:
+    acme = live_acme
+    set_limits()
+    set_price(per_call=1_000)
+    question = "How do I price a retainer?"
+    with tenant_context(acme.tenant):
+        run = queued_run(acme, question)
+    model = FailsOnceModel(prompts=[])
+    with use_chat_model(model), override_settings(AGENT_RUN_MAX_ATTEMPTS=3):
+        # The first attempt waits (its checkpoints stay behind); the next one (at once here,
+        # eagerly) starts over from the question, which the model sees once.
+        assert run_agent.delay(str(run.id), tenant_id=str(acme.tenant.id)).get() == "queued"
+    assert len(model.prompts) == 2
+    asked = [m for m in model.prompts[1] if m.type == "human" and m.content == question]
+    assert len(asked) == 1
+    with tenant_context(acme.tenant):
+        run.refresh_from_db()
+        assert (run.status, run.error) == (AgentRun.Status.AWAITING_REVIEW, "")
+        assert list(UsageEvent.objects.values_list("idempotency_key", flat=True)) == [
+            f"{run.id}:model:0"
+        ]
+    assert int(redis_db().get(limiter_keys(acme)["reserved"]) or 0) == 0
+
+    # Delivered again (a duplicate, or a redelivery after its worker died): nothing happens.
+    with use_chat_model(model):
+        assert run_agent.delay(str(run.id), tenant_id=str(acme.tenant.id)).get() == (
+            AgentRun.Status.AWAITING_REVIEW
+        )
+    assert len(model.prompts) == 2
+    with tenant_context(acme.tenant):
+        assert UsageEvent.objects.count() == 1
+        assert Message.objects.filter(sender=Message.Sender.AGENT).count() == 1
+    with tenant_context(acme.tenant), audit_operator():
+        actions = list(
+            AuditEvent.objects.filter(agent_run_id=str(run.id)).values_list("action", flat=True)
+        )
+        assert actions == ["agent.draft_created"]  # queued_run skips agent.run_queued
+        assert not AuditEvent.objects.filter(action__startswith="task.").exists()
+
+
+def test_a_run_whose_task_was_lost_is_queued_again_by_the_beat(live_acme: World) -> None:
+    """The broker's Redis came back without its data: the run's task is gone, the run is
+    still `queued` in PostgreSQL. The periodic sweep queues it again, once."""
+    acme = live_acme
+    set_limits()
+    with tenant_context(acme.tenant):
+        lost = queued_run(acme, "Asked just before Redis lost everything")
+        fresh = queued_run(acme, "Asked a moment ago")
+        AgentRun.objects.filter(id=lost.id).update(
+            created_at=lost.created_at - timedelta(seconds=settings.AGENT_RUN_STALLED_SECONDS + 1)
+        )
+    with use_chat_model(FixedAnswerModel()):
+        assert requeue_all_stalled_runs.delay().get() >= 1  # one tenant task per tenant
+    with tenant_context(acme.tenant):
+        lost.refresh_from_db()
+        fresh.refresh_from_db()
+        assert lost.status == AgentRun.Status.AWAITING_REVIEW
+        assert fresh.status == AgentRun.Status.QUEUED  # its task may well be on its way
+    with use_chat_model(FixedAnswerModel()):
+        assert requeue_stalled_runs.delay(tenant_id=str(acme.tenant.id)).get() == 0
+    [requeued] = audit_events(acme, "agent.runs_requeued")
+    assert requeued.context == {"runs": [str(lost.id)], "reason": "stalled"}
+
+
+def test_admitting_a_call_reads_the_plan_limits_from_the_cache_and_a_change_applies_at_once(
+    acme: World, django_assert_num_queries: Any
+) -> None:
+    """The plan's limits travel with the cached registry, so admitting a call costs no
+    database query; changing a plan's limits invalidates every tenant of the plan."""
+    set_limits(requests_per_minute=2)
+    with tenant_context(acme.tenant):
+        limiter.check_request(user_id=acme.client.pk)  # fills the cache
+        with django_assert_num_queries(0):
+            limiter.check_request(user_id=acme.client.pk)
+        # An operator raises the plan's limit (the admin saves the row): the next call sees it.
+        set_limits(requests_per_minute=5)
+        for _ in range(3):
+            limiter.check_request(user_id=acme.client.pk)
+        with pytest.raises(limiter.RateLimited):
+            limiter.check_request(user_id=acme.client.pk)

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from pypdf import PdfWriter
 
 from accounts import api_keys
@@ -555,16 +557,21 @@ def test_a_small_tenant_gets_k_results_over_the_shared_index() -> None:
         assert set(approximate) <= own
         return len(set(approximate) & set(exact)) / k
 
-    # As the planner likes: for a tenant this small it may well sort the tenant's rows.
+    # By default a tenant this small is searched exactly: every one of its chunks compared,
+    # never the shared index (PLAYBOOK_EXACT_SEARCH_MAX_CHUNKS).
     for tenant in small:
-        with tenant_context(tenant):
-            assert check(tenant) >= 0.9
+        with tenant_context(tenant), CaptureQueriesContext(connection) as queries_run:
+            assert check(tenant) == 1.0
+        searches = [q["sql"] for q in queries_run.captured_queries if "<=>" in q["sql"]]
+        assert searches and all("+ 0.0" in sql for sql in searches), searches
 
-    # Through the shared HNSW index (sorting forbidden): the index yields the globally
-    # nearest vectors, RLS drops 99.6% of them, the iterative scan keeps going until k pass.
+    # Through the shared HNSW index (sorting forbidden), as a large tenant is searched: the
+    # index yields the globally nearest vectors, RLS drops 99.6% of them, the iterative scan
+    # keeps going until k pass.
     overlaps = []
+    hnsw_always = override_settings(PLAYBOOK_EXACT_SEARCH_MAX_CHUNKS=0)
     for tenant in small:
-        with tenant_context(tenant), connection.cursor() as cursor:
+        with hnsw_always, tenant_context(tenant), connection.cursor() as cursor:
             cursor.execute("SELECT set_config('enable_sort', 'off', true)")
             vector = embedder.embed_query(queries[tenant.id])
             with hnsw_search(k):
@@ -585,7 +592,7 @@ def test_a_small_tenant_gets_k_results_over_the_shared_index() -> None:
     assert len(plain) < k
 
     # The big tenant, too.
-    with tenant_context(tenants[0]):
+    with hnsw_always, tenant_context(tenants[0]):
         query = random_text(rng, words=6)
         approximate = [p.chunk_id for p in search_playbook(query, k=k, embedder=embedder)]
         exact = exact_search_ids(query, k=k, embedder=embedder)
@@ -596,7 +603,7 @@ def test_a_small_tenant_gets_k_results_over_the_shared_index() -> None:
         cursor.execute(
             "SELECT current_setting('hnsw.iterative_scan'), current_setting('hnsw.ef_search')"
         )
-        assert cursor.fetchone() == ("relaxed_order", "100")
+        assert cursor.fetchone() == ("relaxed_order", str(settings.PLAYBOOK_HNSW_EF_SEARCH))
     assert time.monotonic() - started < 60
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Membership
 from conversations.models import Conversation, Message
@@ -213,3 +214,22 @@ def test_tenant_ids_are_validated() -> None:
 def test_the_runtime_role_cannot_switch_the_boundary_off(statement: str) -> None:
     with pytest.raises(DatabaseError), transaction.atomic():
         execute(statement, [])
+
+
+def test_tenant_and_user_settings_are_set_in_one_statement_and_both_cleared(acme: World) -> None:
+    def settings_now() -> tuple[str | None, str | None]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('app.current_tenant', true), "
+                "current_setting('app.current_user', true)"
+            )
+            return cursor.fetchone()
+
+    with transaction.atomic():  # an outer transaction, like a request's
+        with (
+            CaptureQueriesContext(connection) as queries,
+            tenant_context(acme.tenant, user_id=acme.owner.pk),
+        ):
+            assert settings_now() == (str(acme.tenant.id), str(acme.owner.pk))
+        assert len([q for q in queries if "set_config" in q["sql"]]) == 2  # entering, leaving
+        assert settings_now() == ("", "")

@@ -14,7 +14,7 @@ register = template.Library()
 
 @register.filter
 def ago(value: datetime | None) -> str:
-    """"just now", "5 minutes ago", "2 days ago"."""
+    """ "just now", "5 minutes ago", "2 days ago"."""
     if not value:
         return ""
     if timezone.now() - value < timedelta(minutes=1):
