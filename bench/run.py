@@ -4,6 +4,11 @@
 
 The dev stack's services must be up (`make bench` starts them). Each benchmark module in
 BENCHMARKS has `run() -> dict` (flat keys) and `TABLE` (rows of the Markdown summary).
+
+    BENCH_ONLY=bench.machinery python -m config.devstack run -- python bench/run.py
+
+runs only the named modules (comma-separated) and writes bench/results/partial.json.tmp and
+partial.md.tmp instead, leaving latest.json and latest.md alone.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-BENCHMARKS = ["bench.limiter", "bench.rls", "bench.vectors"]
+BENCHMARKS = ["bench.limiter", "bench.rls", "bench.vectors", "bench.machinery"]
 
 
 def memory_gb() -> float | None:
@@ -74,10 +79,15 @@ def main() -> int:
     import django
 
     django.setup()
+    only = [name.strip() for name in os.environ.get("BENCH_ONLY", "").split(",") if name.strip()]
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        print(f"[bench] BENCH_ONLY names unknown modules: {', '.join(unknown)}")
+        return 2
     results: dict[str, Any] = {}
     tables = []
     started = time.perf_counter()
-    for name in BENCHMARKS:
+    for name in only or BENCHMARKS:
         module = importlib.import_module(name)
         print(f"[bench] {name} ...", flush=True)
         t0 = time.perf_counter()
@@ -88,9 +98,11 @@ def main() -> int:
     results["timestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     results["duration_s"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    stem, suffix = ("partial", ".tmp") if only else ("latest", "")
+    json_name, md_name = f"{stem}.json{suffix}", f"{stem}.md{suffix}"
+    (RESULTS / json_name).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     summary = markdown(results, tables)
-    (RESULTS / "latest.md").write_text(summary)
+    (RESULTS / md_name).write_text(summary)
     print(summary)
     return 0
 

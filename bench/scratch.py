@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connections
+from django.db import connections, models
 
 from tenants.provisioning import RoleSpec, provision
 
@@ -56,22 +57,47 @@ def scratch_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{NAME}" WITH (FORCE)')
 
 
+def model_defaults(
+    conn: psycopg.Connection, model: type[models.Model], named: str
+) -> tuple[str, list[Any]]:
+    """The NOT NULL columns without a database default that an INSERT naming the columns in
+    `named` leaves out (added by a later migration with a Python-side default), as
+    (", col1, col2", [default1, default2]) to append to the INSERT's column list and values."""
+    table = model._meta.db_table
+    required = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND table_name = %s AND is_nullable = 'NO' AND column_default IS NULL "
+        "AND is_identity = 'NO' AND is_generated = 'NEVER'",
+        [table],
+    ).fetchall()
+    listed = {name.strip() for name in named.split(",")}
+    fields = {field.column: field for field in model._meta.concrete_fields}
+    columns, values = "", []
+    for (column,) in required:
+        if column in listed:
+            continue
+        field = fields.get(column)
+        if field is None or not field.has_default():
+            raise RuntimeError(f"{table}.{column} is required: bench/scratch.py must fill it")
+        columns += f", {column}"
+        values.append(field.get_default())
+    return columns, values
+
+
 def create_tenants(conn: psycopg.Connection, count: int) -> list[tuple[str, int]]:
     """`count` tenants with one user each (as the admin: loading only). Returns
     [(tenant_id, user_id)] in creation order."""
+    from tenants.models import Tenant
+
+    named = "id, slug, name, plan, region, status, review_policy, created_at, updated_at"
+    extra, values = model_defaults(conn, Tenant, named)
     conn.execute(
-        "INSERT INTO tenants_tenant (id, slug, name, plan, region, status, review_policy, "
-        "created_at, updated_at) SELECT gen_random_uuid(), 'bench-' || i, 'Bench ' || i, "
-        "'pro', 'eu-west-1', 'active', 'review_all', now(), now() "
-        "FROM generate_series(1, %s) AS i",
-        [count],
+        f"INSERT INTO tenants_tenant ({named}{extra}) SELECT gen_random_uuid(), "  # noqa: S608
+        "'bench-' || i, 'Bench ' || i, 'pro', 'eu-west-1', 'active', 'review_all', now(), "
+        f"now(){', %s' * len(values)} FROM generate_series(1, %s) AS i",
+        [*values, count],
     )
-    conn.execute(
-        "INSERT INTO accounts_user (password, is_superuser, username, first_name, last_name, "
-        "email, is_staff, is_active, date_joined, tenant_id, oidc_issuer, oidc_subject) "
-        "SELECT '!', false, 'bench-user-' || t.slug, '', '', '', false, true, now(), t.id, "
-        "'', '' FROM tenants_tenant t WHERE t.slug LIKE 'bench-%%'"
-    )
+    add_user_per_tenant(conn, "bench-user-")
     rows = conn.execute(
         "SELECT t.id::text, u.id FROM tenants_tenant t JOIN accounts_user u "
         "ON u.tenant_id = t.id WHERE t.slug LIKE 'bench-%%' "
@@ -79,3 +105,21 @@ def create_tenants(conn: psycopg.Connection, count: int) -> list[tuple[str, int]
     ).fetchall()
     conn.commit()
     return [(tenant, user) for tenant, user in rows]
+
+
+def add_user_per_tenant(conn: psycopg.Connection, username_prefix: str) -> None:
+    """One more user in every bench tenant, named `<username_prefix><tenant slug>`, with an
+    unusable password and no OIDC identity."""
+    from accounts.models import User
+
+    named = (
+        "password, is_superuser, username, first_name, last_name, email, is_staff, "
+        "is_active, date_joined, tenant_id, oidc_issuer, oidc_subject"
+    )
+    extra, values = model_defaults(conn, User, named)
+    conn.execute(
+        f"INSERT INTO accounts_user ({named}{extra}) SELECT '!', false, "  # noqa: S608
+        "%s || t.slug, '', '', '', false, true, now(), t.id, '', ''"
+        f"{', %s' * len(values)} FROM tenants_tenant t WHERE t.slug LIKE 'bench-%%'",
+        [username_prefix, *values],
+    )

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from config.processes import stop_groups
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("PLAYBOOK_DATA_DIR", BASE_DIR / ".data")).resolve()
 STACK_ENV = DATA_DIR / "stack.env"
@@ -466,14 +468,7 @@ def cmd_dev(host: str, port: int) -> int:
         except KeyboardInterrupt:
             say("stopping")
         finally:
-            for child in children:
-                if child.poll() is None:
-                    os.killpg(child.pid, signal.SIGTERM)
-            for child in children:
-                try:
-                    child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(child.pid, signal.SIGKILL)
+            stop_groups(children)
     return 0
 
 

@@ -70,9 +70,7 @@ urlpatterns = [
     # The consultant dashboard (team roles) ------------------------------------------------
     path("app/", queue.queue_page, name="app-queue"),
     path("app/queue/live", queue.queue_live, name="app-queue-live"),
-    path(
-        "app/drafts/<uuid:message_id>/<str:action>/", queue.decide, name="app-draft-decide"
-    ),
+    path("app/drafts/<uuid:message_id>/<str:action>/", queue.decide, name="app-draft-decide"),
     path("app/conversations/", team.conversation_list, name="app-conversations"),
     path(
         "app/conversations/<uuid:conversation_id>/",
@@ -91,9 +89,7 @@ urlpatterns = [
     ),
     path("app/playbook/", agents_views.playbook_page, name="app-playbook"),
     path("app/playbook/upload", agents_views.playbook_upload, name="app-playbook-upload"),
-    path(
-        "app/playbook/<uuid:document_id>/row", agents_views.document_row, name="app-document-row"
-    ),
+    path("app/playbook/<uuid:document_id>/row", agents_views.document_row, name="app-document-row"),
     path(
         "app/playbook/<uuid:document_id>/reingest",
         agents_views.document_reingest,

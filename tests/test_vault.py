@@ -29,6 +29,7 @@ from django.test import Client, override_settings
 from agents.tools import TOOLS, ToolContext, ToolError
 from audit.actions import audit_operator
 from audit.models import AuditEvent
+from config.processes import free_port
 from config.scrubbing import before_send
 from tenants.context import tenant_context
 from tenants.models import Credential, TenantDataKey
@@ -346,12 +347,6 @@ def test_the_api_is_write_only_for_secrets(acme: World) -> None:
 
 
 # --------------------------------------------------------------------------- AWS KMS (moto)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,9 @@ environment as the runtime role.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +34,7 @@ from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from psycopg import sql
 
+from config.processes import free_port, spawn, stop_groups, tail_of
 from tenants.provisioning import RoleSpec, provision
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -87,15 +85,7 @@ class E2EApp:
 
     def log_tail(self, which: str = "web", lines: int = 40) -> str:
         """The last `lines` lines of the web server's ("web") or the worker's ("worker") log."""
-        return _tail(self.web_log if which == "web" else self.worker_log, lines)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
+        return tail_of(self.web_log if which == "web" else self.worker_log, lines)
 
 
 def _with_database(url: str, database: str) -> str:
@@ -108,19 +98,6 @@ def _with_redis_db(url: str, index: int) -> str:
     return urlunsplit(parts._replace(path=f"/{index}"))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """Child processes get SIGTERM if pytest itself dies without running its teardown."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def _required_env(name: str) -> str:
     value = os.environ.get(name, "")
     if not value:
@@ -131,10 +108,10 @@ def _required_env(name: str) -> str:
     return value
 
 
-def app_env(database: str, port: int, queue: str) -> dict[str, str]:
+def app_env(database: str, port: int, queue: str, redis_db: int = REDIS_DB) -> dict[str, str]:
     """The app's environment: the developer's services, a database and a Redis index of
     its own, a queue of its own, DEBUG off (Django's friendly error pages)."""
-    redis_url = _with_redis_db(_required_env("REDIS_URL"), REDIS_DB)
+    redis_url = _with_redis_db(_required_env("REDIS_URL"), redis_db)
     env = dict(os.environ)
     env.update(
         {
@@ -172,21 +149,7 @@ def _run_manage(env: dict[str, str], log: Path, *args: str) -> None:
         )
     if done.returncode:
         raise RuntimeError(
-            f"`manage.py {' '.join(args)}` failed ({done.returncode}):\n{_tail(log, 60)}"
-        )
-
-
-def _spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command,
-            cwd=BASE_DIR,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
+            f"`manage.py {' '.join(args)}` failed ({done.returncode}):\n{tail_of(log, 60)}"
         )
 
 
@@ -208,7 +171,7 @@ def _wait_until_ready(
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"{name} exited with {proc.returncode} before the app was ready; "
-                    f"the end of {log}:\n{_tail(log, 60)}"
+                    f"the end of {log}:\n{tail_of(log, 60)}"
                 )
         web_ready = web_ready or _ready(app.url)
         worker_ready = worker_ready or " ready." in app.worker_log.read_text(errors="replace")
@@ -218,23 +181,37 @@ def _wait_until_ready(
     waiting = [n for n, ok in (("gunicorn /readyz", web_ready), ("celery", worker_ready)) if not ok]
     raise RuntimeError(
         f"{' and '.join(waiting)} not ready after {READY_TIMEOUT:.0f} s.\n"
-        f"web ({app.web_log}):\n{_tail(app.web_log)}\n"
-        f"worker ({app.worker_log}):\n{_tail(app.worker_log)}"
+        f"web ({app.web_log}):\n{tail_of(app.web_log)}\n"
+        f"worker ({app.worker_log}):\n{tail_of(app.worker_log)}"
     )
 
 
-def start_app() -> E2EApp:
-    """Provision, migrate, seed, start gunicorn and a worker; wait until both are ready."""
+def start_app(
+    *,
+    prefix: str = "e2e",
+    redis_db: int = REDIS_DB,
+    seed: bool = True,
+    extra_env: dict[str, str] | None = None,
+    web_workers: int = 2,
+    web_threads: int = 4,
+    worker_concurrency: int = 2,
+) -> E2EApp:
+    """Provision, migrate, seed, start gunicorn and a worker; wait until both are ready.
+
+    The database is `<prefix>_<runtime database>`, the queue `<prefix>-<random>`, Redis the
+    developer's server at index `redis_db`; `seed=False` leaves the database empty (the
+    caller sets up its own data with `manage`), `extra_env` overrides the app's settings.
+    The load suite (tests/reliability/load.py) starts its app with these."""
     admin_url = _required_env("DATABASE_ADMIN_URL")
     runtime, owner = (
         urlsplit(_required_env("DATABASE_URL")),
         urlsplit(_required_env("DATABASE_OWNER_URL")),
     )
-    database = f"e2e_{runtime.path.lstrip('/')}"
-    port = _free_port()
-    queue = f"e2e-{secrets.token_hex(6)}"
-    env = app_env(database, port, queue)
-    log_dir = Path(tempfile.mkdtemp(prefix="playbook-e2e-"))
+    database = f"{prefix}_{runtime.path.lstrip('/')}"
+    port = free_port()
+    queue = f"{prefix}-{secrets.token_hex(6)}"
+    env = {**app_env(database, port, queue, redis_db), **(extra_env or {})}
+    log_dir = Path(tempfile.mkdtemp(prefix=f"playbook-{prefix}-"))
     app = E2EApp(
         url=env["SITE_URL"],
         database=database,
@@ -256,16 +233,16 @@ def start_app() -> E2EApp:
         _run_manage(env, setup_log, "migrate", "--no-input", "--verbosity", "0")
         # The processes start while the demo data is seeded (they need only the schema); the
         # worker picks up the seeded questions' agent runs from its queue.
-        web = _spawn(
+        web = spawn(
             [
                 str(BIN_DIR / "gunicorn"),
                 "config.wsgi",
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--workers",
-                "2",
+                str(web_workers),
                 "--threads",
-                "4",
+                str(web_threads),
                 "--timeout",
                 "60",
                 "--graceful-timeout",
@@ -277,7 +254,7 @@ def start_app() -> E2EApp:
             app.web_log,
         )
         app.processes.append(web)
-        worker = _spawn(
+        worker = spawn(
             [
                 str(BIN_DIR / "celery"),
                 "-A",
@@ -286,7 +263,7 @@ def start_app() -> E2EApp:
                 "--pool",
                 "threads",
                 "--concurrency",
-                "2",
+                str(worker_concurrency),
                 "-Q",
                 queue,
                 "--without-gossip",
@@ -298,7 +275,8 @@ def start_app() -> E2EApp:
             app.worker_log,
         )
         app.processes.append(worker)
-        _run_manage(env, setup_log, "seed_demo")
+        if seed:
+            _run_manage(env, setup_log, "seed_demo")
         _wait_until_ready(app, web, worker)
     except BaseException:
         stop_app(app)
@@ -308,18 +286,7 @@ def start_app() -> E2EApp:
 
 def stop_app(app: E2EApp) -> None:
     """Stop both process groups (SIGTERM, SIGKILL after 10 s) and drop the database."""
-    for proc in app.processes:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for proc in app.processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        # Whatever is left of the group (gunicorn's workers, say) goes too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_groups(app.processes, timeout=STOP_TIMEOUT)
     with psycopg.connect(_required_env("DATABASE_ADMIN_URL"), autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(app.database))
@@ -329,10 +296,16 @@ def stop_app(app: E2EApp) -> None:
 def manage(app: E2EApp, *args: str, timeout: float = 120.0) -> str:
     """Run `manage.py ARGS` in the app's environment (its database, as the runtime role);
     returns stdout. E.g. `manage(e2e_app, "shell", "-c", "print(...)")`."""
+    return manage_in(app.env, *args, timeout=timeout)
+
+
+def manage_in(env: dict[str, str], *args: str, timeout: float = 120.0) -> str:
+    """Run `manage.py ARGS` in the environment `env`; returns stdout, or fails the test with
+    the command's output."""
     done = subprocess.run(
         [sys.executable, str(BASE_DIR / "manage.py"), *args],
         cwd=BASE_DIR,
-        env=app.env,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
