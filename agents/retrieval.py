@@ -139,40 +139,45 @@ def searchable_chunks_count() -> int:
 def nearest_rows(vector: list[float], embedder: Embedder, k: int) -> list[tuple[Any, ...]]:
     """The current tenant's k nearest searchable chunks (rows as in `nearest_chunks`): an
     exact comparison of every chunk for a small tenant, the HNSW index for a large one."""
-    if searchable_chunks_count() <= settings.PLAYBOOK_EXACT_SEARCH_MAX_CHUNKS:
-        with transaction.atomic():
-            return list(_exact(vector, embedder)[:k])
-    with hnsw_search(k):
-        return list(nearest_chunks(vector, embedder)[:k])
+    exact = searchable_chunks_count() <= settings.PLAYBOOK_EXACT_SEARCH_MAX_CHUNKS
+    return _nearest(_chunks(embedder), vector, k, exact=exact, fields=_PASSAGE_FIELDS)
 
 
-def exact_distance(vector: list[float]) -> ExpressionWrapper:
-    """Cosine distance that cannot use the HNSW index (`(embedding <=> q) + 0`): every row
-    the query keeps is compared."""
-    return ExpressionWrapper(
-        CosineDistance("embedding", vector) + Value(0.0), output_field=FloatField()
-    )
+def by_distance(
+    queryset: QuerySet[Any], vector: list[float], *, exact: bool = False
+) -> QuerySet[Any]:
+    """`queryset` with each row's cosine `distance` to `vector`, nearest first: in the HNSW
+    index's order (run it inside `hnsw_search`), or with `exact`, by `(embedding <=> q) + 0`,
+    which the index cannot serve, so every row the query keeps is compared."""
+    if exact:
+        distance = ExpressionWrapper(
+            CosineDistance("embedding", vector) + Value(0.0), output_field=FloatField()
+        )
+        return queryset.annotate(distance=distance).order_by("distance", "id")
+    return queryset.annotate(distance=CosineDistance("embedding", vector)).order_by("distance")
 
 
-def _exact(vector: list[float], embedder: Embedder) -> QuerySet[Chunk, tuple[Any, ...]]:
-    """Every searchable chunk compared, nearest first."""
-    return (
-        _chunks(embedder)
-        .annotate(distance=exact_distance(vector))
-        .order_by("distance", "id")
-        .values_list(*_PASSAGE_FIELDS)
-    )
+def _nearest(
+    queryset: QuerySet[Any],
+    vector: list[float],
+    k: int,
+    *,
+    exact: bool,
+    fields: Sequence[str] = (),
+) -> list[Any]:
+    """The k rows of `queryset` nearest to `vector` (as tuples of `fields` when given), each
+    search in a transaction of its own (with the HNSW settings unless `exact`)."""
+    ordered = by_distance(queryset, vector, exact=exact)
+    if fields:
+        ordered = ordered.values_list(*fields)
+    with transaction.atomic() if exact else hnsw_search(k):
+        return list(ordered[:k])
 
 
 def nearest_chunks(vector: list[float], embedder: Embedder) -> QuerySet[Chunk, tuple[Any, ...]]:
     """The tenant's searchable chunks by cosine distance to `vector` (slice it; run it
     inside `hnsw_search`). Rows: id, document_id, document title, position, text, distance."""
-    return (
-        _chunks(embedder)
-        .annotate(distance=CosineDistance("embedding", vector))
-        .order_by("distance")
-        .values_list(*_PASSAGE_FIELDS)
-    )
+    return by_distance(_chunks(embedder), vector).values_list(*_PASSAGE_FIELDS)
 
 
 def exact_search(query: str, k: int = 5, *, embedder: Embedder | None = None) -> list[Passage]:
@@ -185,9 +190,7 @@ def exact_search(query: str, k: int = 5, *, embedder: Embedder | None = None) ->
     vector = _query_vector(query, embedder)
     if vector is None:
         return []
-    with transaction.atomic():
-        rows = list(_exact(vector, embedder)[:k])
-    return _passages(rows)
+    return _passages(_nearest(_chunks(embedder), vector, k, exact=True, fields=_PASSAGE_FIELDS))
 
 
 def exact_search_ids(query: str, k: int = 5, *, embedder: Embedder | None = None) -> list[int]:
@@ -208,18 +211,8 @@ def similar_corrections(
         return []
     corrections = Correction.objects.filter(embedding_model=embedder.name)
     limit = settings.PLAYBOOK_EXACT_SEARCH_MAX_CHUNKS
-    if corrections[: limit + 1].count() <= limit:  # few: compare each (counts at most limit+1)
-        with transaction.atomic():
-            found = list(
-                corrections.annotate(distance=exact_distance(vector)).order_by("distance", "id")[:k]
-            )
-    else:
-        with hnsw_search(k):
-            found = list(
-                corrections.annotate(distance=CosineDistance("embedding", vector)).order_by(
-                    "distance"
-                )[:k]
-            )
+    few = corrections[: limit + 1].count() <= limit  # few: compare each (counts <= limit+1)
+    found = _nearest(corrections, vector, k, exact=few)
     scored = [(c, 1.0 - float(c.distance)) for c in found]
     scored.sort(key=lambda pair: -pair[1])
     return scored

@@ -9,6 +9,10 @@ from django.db import models
 
 
 class PlainConversation(models.Model):
+    # Not a TenantScopedModel on purpose: it is the benchmark's unprotected baseline (the same
+    # rows without row-level security), holds only the synthetic rows bench/machinery.py
+    # generates, and exists only in the benchmark's scratch database; the product's
+    # INSTALLED_APPS never include this app.
     id = models.UUIDField(primary_key=True)
     tenant_id = models.UUIDField()
     client = models.ForeignKey(

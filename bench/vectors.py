@@ -28,7 +28,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from agents.retrieval import _chunks, exact_distance, nearest_rows
+from agents.retrieval import _chunks, by_distance, nearest_rows
 from bench.limiter import summary
 from bench.scratch import admin, create_tenants, scratch_database
 from tenants.context import tenant_context
@@ -142,13 +142,8 @@ def load(space: Space) -> tuple[list[tuple[str, str, int, list[int]]], float, fl
 
 
 def exact_ids(vector: list[float]) -> list[int]:
-    rows = (
-        _chunks(_Embedder())  # type: ignore[arg-type]
-        .annotate(distance=exact_distance(vector))
-        .order_by("distance", "id")
-        .values_list("id", flat=True)[:K]
-    )
-    return list(rows)
+    chunks = _chunks(_Embedder())  # type: ignore[arg-type]
+    return list(by_distance(chunks, vector, exact=True).values_list("id", flat=True)[:K])
 
 
 def run() -> dict[str, Any]:

@@ -123,8 +123,7 @@ def _user_name(row: dict[str, Any]) -> str:
 
 
 def _caps(now: datetime) -> dict[str, Any]:
-    tenant_id = str(require_tenant_id())
-    limit = limits_for(tenant_id)
+    limit = limits_for()
     period = period_of(now)
     spend = settled_spend_from_database(period)
     soft, hard = int(limit.soft_cap_microdollars), int(limit.hard_cap_microdollars)

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db.models import Sum
 
 from billing.models import PlanLimit, UsageEvent
-from tenants.context import current_tenant_id, require_tenant_id
+from tenants.context import require_tenant_id
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -246,20 +246,17 @@ def period_ttl() -> int:
     return 40 * 24 * 3600
 
 
-def limits_for(tenant_id: str) -> PlanLimit:
-    """The tenant's plan limits: from the entitlement registry's Redis cache (invalidated
-    when a plan's limits or the tenant's plan change), else from PostgreSQL."""
+def limits_for() -> PlanLimit:
+    """The current tenant's plan limits: from the entitlement registry's Redis cache
+    (invalidated when a plan's limits or the tenant's plan change), else from PostgreSQL."""
     from agents import registry
 
-    if str(current_tenant_id()) == str(tenant_id):
-        try:
-            resolved = registry.resolve()
-        except redis.RedisError:
-            resolved = None  # the cache's Redis may be down while the limiter's is up
-        if resolved is not None:
-            return PlanLimit(plan=resolved.plan, **resolved.limits)
-    plan = Tenant.objects.filter(id=tenant_id).values_list("plan", flat=True).first()
-    return PlanLimit.objects.filter(plan=plan).first() or PlanLimit(plan=plan or "")
+    try:
+        resolved = registry.resolve()
+    except redis.RedisError:  # the cache's Redis may be down while the limiter's is up
+        plan = Tenant.objects.filter(id=require_tenant_id()).values_list("plan", flat=True).first()
+        return PlanLimit.objects.filter(plan=plan).first() or PlanLimit(plan=plan or "")
+    return PlanLimit(plan=resolved.plan, **resolved.limits)
 
 
 def reserve(
@@ -274,7 +271,7 @@ def reserve(
     on its open reservation."""
     tenant_id = str(require_tenant_id())
     period = period_of()
-    limit = limits_for(tenant_id)
+    limit = limits_for()
     k = keys(tenant_id, user_id, period)
     request_id = request_id or uuid.uuid4().hex
     args = [

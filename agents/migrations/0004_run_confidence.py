@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('agents', '0003_run_halted'),
+        ("agents", "0003_run_halted"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='agentrun',
-            name='confidence',
+            model_name="agentrun",
+            name="confidence",
             field=models.CharField(blank=True, max_length=10),
         ),
         migrations.AddField(
-            model_name='agentrun',
-            name='handoff_reason',
+            model_name="agentrun",
+            name="handoff_reason",
             field=models.TextField(blank=True),
         ),
     ]
