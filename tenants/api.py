@@ -17,7 +17,8 @@ from django.db.models import Model, QuerySet
 from rest_framework import exceptions, permissions, viewsets
 from rest_framework.request import Request
 
-from accounts.roles import API_KEY, principal_role
+from accounts.roles import API_KEY
+from tenants.branding import request_role
 from tenants.context import current_tenant_id
 
 _FORBIDDEN_OVERRIDES = ("get_queryset", "get_object", "initial", "get_permissions")
@@ -78,10 +79,7 @@ class TenantScopedViewSetMixin:
 
     @property
     def role(self) -> str | None:
-        if not hasattr(self, "_role"):
-            request = self.request  # type: ignore[attr-defined]
-            self._role = principal_role(request.user) if current_tenant_id() else None
-        return self._role
+        return request_role(self.request)  # type: ignore[attr-defined]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
