@@ -39,7 +39,7 @@ from accounts.models import ApiKey, Membership, SupportSession, User
 from audit.actions import record_audit_event
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
-from tenants.context import current_support_session_id, tenant_context
+from tenants.context import Principal, current_support_session_id, tenant_context
 from tenants.models import Credential, Tenant
 
 
@@ -215,7 +215,7 @@ class TenantAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         # A platform change to a tenant is written to that tenant's own log.
-        with tenant_context(obj):
+        with tenant_context(obj, principal=Principal.staff(request.user.pk)):
             record_audit_event(
                 "tenant.updated" if change else "tenant.created",
                 actor=request.user,

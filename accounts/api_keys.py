@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, User
 from audit.actions import record_audit_event
-from tenants.context import require_tenant_id, tenant_context
+from tenants.context import TenantContextRefused, require_tenant_id, tenant_context
 
 KEY_PATTERN = re.compile(
     r"^pbk_(?P<tenant>[0-9a-f]{32})_(?P<prefix>[A-Za-z0-9]{10})\.(?P<secret>[A-Za-z0-9_-]{43})$"
@@ -113,20 +113,28 @@ def authenticate_api_key(token: str) -> ApiKeyPrincipal | None:
         return None
     tenant_id = uuid.UUID(match["tenant"])
     digest = hash_key(token)
-    with tenant_context(tenant_id):
-        candidate = ApiKey.objects.filter(prefix=match["prefix"]).first()
-        if candidate is None or not hmac.compare_digest(candidate.key_hash, digest):
-            return None
-        if not candidate.is_active:
-            return None
-        now = timezone.now()
-        # Coarse last-used stamp: at most one write a minute per key.
-        if candidate.last_used_at is None or (now - candidate.last_used_at).total_seconds() > 60:
-            ApiKey.objects.filter(id=candidate.id).update(last_used_at=now)
-        return ApiKeyPrincipal(
-            api_key_id=candidate.id,
-            tenant_id=tenant_id,
-            name=candidate.name,
-            prefix=candidate.prefix,
-            scope=candidate.scope,
-        )
+    try:
+        with tenant_context(tenant_id):
+            return _verified_key(tenant_id, match["prefix"], digest)
+    except TenantContextRefused:  # no such tenant
+        return None
+
+
+def _verified_key(tenant_id: uuid.UUID, prefix: str, digest: str) -> ApiKeyPrincipal | None:
+    """The key with this prefix in the current tenant, if the secret matches and it is live."""
+    candidate = ApiKey.objects.filter(prefix=prefix).first()
+    if candidate is None or not hmac.compare_digest(candidate.key_hash, digest):
+        return None
+    if not candidate.is_active:
+        return None
+    now = timezone.now()
+    # Coarse last-used stamp: at most one write a minute per key.
+    if candidate.last_used_at is None or (now - candidate.last_used_at).total_seconds() > 60:
+        ApiKey.objects.filter(id=candidate.id).update(last_used_at=now)
+    return ApiKeyPrincipal(
+        api_key_id=candidate.id,
+        tenant_id=tenant_id,
+        name=candidate.name,
+        prefix=candidate.prefix,
+        scope=candidate.scope,
+    )

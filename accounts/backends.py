@@ -113,7 +113,7 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
             return None
         user = binding.user
         if user.tenant_id is not None and user.is_active:
-            with tenant_context(user.tenant_id):
+            with tenant_context(user.tenant_id, user_id=user.pk):
                 record_audit_event(
                     "auth.login",
                     actor=user,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
@@ -18,7 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from tenants.context import require_tenant_id
+from tenants.context import Principal, current_principal, current_role, require_tenant_id
 from tenants.models import CrossTenantForeignKey, Tenant, TenantScopedModel
 
 
@@ -91,13 +90,16 @@ def role_in_current_tenant(user: User) -> str | None:
     """The user's role in the tenant of the current context (None if not a member)."""
     if not user.is_authenticated or user.tenant_id is None:
         return None
+    # The database read the role when this user's context was entered: no second query.
+    if current_principal() == Principal.user(user.pk):
+        return current_role()
     # Every authenticated request asks this once. One indexed lookup, written as SQL because
     # compiling the same query through the ORM costs three times what running it does
     # (bench/machinery.py). Row-level security admits only the current tenant's rows; the
     # tenant filter says the same, as the scoped manager would (and raises outside a tenant).
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT role FROM accounts_membership WHERE tenant_id = %s AND user_id = %s",
+            "SELECT role FROM public.accounts_membership WHERE tenant_id = %s AND user_id = %s",
             [require_tenant_id(), user.pk],
         )
         row = cursor.fetchone()
@@ -147,15 +149,10 @@ def default_support_expiry() -> datetime:
 class SupportSession(TenantScopedModel):
     """Time-limited access of one platform staff member to one tenant, with a reason.
 
-    While it is valid (not ended, not expired: checked by the database at every statement),
-    the `support_session_access` policy on every tenant table admits that tenant's rows to
-    a transaction that carries `app.support_session = <this id>`.
+    While it is valid (not ended, not expired), staff enter the tenant through it: the
+    database verifies the session each time a support request enters the tenant
+    (`playbook_enter`), and the context it binds admits that tenant's rows only.
     """
-
-    # This table is read by the support policy's function itself, so it must not carry that
-    # policy (it would recurse); it has its own narrow self-read policy instead.
-    rls_support_access: ClassVar[bool] = False
-    rls_extra_policies: ClassVar[frozenset[str]] = frozenset({"support_session_self"})
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     staff = CrossTenantForeignKey(

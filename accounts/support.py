@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from accounts.models import SupportSession, User
 from audit.actions import record_audit_event
-from tenants.context import current_support_session_id, tenant_context
+from tenants.context import Principal, current_support_session_id, tenant_context
 from tenants.middleware import RequestTenant, principal_tenant
 from tenants.models import Tenant
 
@@ -57,7 +57,7 @@ def support_session_admits_rows() -> bool:
     if current_support_session_id() is None:
         return False
     with connection.cursor() as cursor:
-        cursor.execute("SELECT playbook_support_tenant()")
+        cursor.execute("SELECT public.playbook_context_tenant()")
         row = cursor.fetchone()
     return row is not None and row[0] is not None
 
@@ -87,7 +87,7 @@ def resolve_request_context(request: HttpRequest) -> RequestTenant | None:
         # tenant data.
         return None
     try:
-        return RequestTenant(uuid.UUID(data["tenant_id"]), uuid.UUID(data["id"]))
+        return RequestTenant(uuid.UUID(data["tenant_id"]), Principal.support(data["id"]))
     except (KeyError, ValueError):
         request.session.pop(SESSION_KEY, None)
         return None
@@ -109,7 +109,7 @@ def open_support_session(
         raise ValidationError(
             f"A support session lasts 1 to {settings.SUPPORT_SESSION_MAX_MINUTES} minutes."
         )
-    with tenant_context(tenant):
+    with tenant_context(tenant, principal=Principal.staff(staff.pk)):
         session = SupportSession.objects.create(
             staff=staff, reason=reason, expires_at=timezone.now() + timedelta(minutes=minutes)
         )
@@ -125,7 +125,7 @@ def open_support_session(
 
 @transaction.atomic
 def end_support_session(*, staff: User, session_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
-    with tenant_context(tenant_id):
+    with tenant_context(tenant_id, principal=Principal.staff(staff.pk)):
         session = SupportSession.objects.filter(id=session_id, staff=staff).first()
         if session is None or session.ended_at is not None:
             return

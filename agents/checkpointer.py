@@ -62,12 +62,7 @@ from langgraph.checkpoint.base import (
 )
 
 from agents.models import CheckpointRecord, CheckpointWrite
-from tenants.context import (
-    SUPPORT_SETTING,
-    TENANT_SETTING,
-    current_support_session_id,
-    require_tenant_id,
-)
+from tenants.context import enter_connection, require_tenant_id
 
 # (thread_id, checkpoint_ns, checkpoint_id)
 _CheckpointKey = tuple[str, str, str]
@@ -96,21 +91,14 @@ class TenantCheckpointSaver(BaseCheckpointSaver[str]):
     @contextmanager
     def _tenant_transaction(self) -> Iterator[None]:
         """A transaction of the current tenant on this thread's connection (see module doc)."""
-        tenant_id = require_tenant_id()
-        support_id = current_support_session_id()
+        require_tenant_id()
         connection = connections[self.using]
         opened_here = not connection.in_atomic_block and connection.connection is None
-        setting, value = (
-            (TENANT_SETTING, str(tenant_id))
-            if support_id is None
-            else (SUPPORT_SETTING, str(support_id))
-        )
         try:
             with transaction.atomic(using=self.using):
-                # Also inside the caller's tenant_context, where it is already set to this
-                # value: a transaction opened on this thread without it would see nothing.
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT set_config(%s, %s, true)", [setting, value])
+                # Also inside the caller's tenant_context, where it is already entered: a
+                # transaction opened on this thread without it would see nothing.
+                enter_connection(self.using)
                 yield
         finally:
             if opened_here:

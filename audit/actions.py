@@ -18,7 +18,7 @@ from audit.context import current_request_info
 from audit.models import AuditEvent
 from audit.payload import json_safe, payload_digest, redact
 from audit.verify_export import canonical_json
-from tenants.context import current_support_session_id, require_tenant_id
+from tenants.context import OPERATOR, acting_as, require_tenant_id
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,11 @@ class RecordedEvent:
     hash: str
 
 
-def _actor(actor: Any) -> tuple[str, str, str]:
-    """(actor_type, actor_id, label) for a user, staff, an API key principal, or the system."""
-    from accounts.support import is_support_staff
-
-    if current_support_session_id() is not None or is_support_staff(actor):
-        return AuditEvent.ActorType.SUPPORT, str(getattr(actor, "pk", "") or ""), str(actor or "")
+def _system_actor(actor: Any) -> tuple[str, str]:
+    """(actor_id, label) that a system context may state for itself."""
     if actor is None or not getattr(actor, "is_authenticated", False):
-        return AuditEvent.ActorType.SYSTEM, "", "system"
-    kind = getattr(actor, "actor_type", AuditEvent.ActorType.USER)
-    return kind, str(actor.pk), str(actor)
+        return "", "system"
+    return str(actor.pk), str(actor)
 
 
 def record_audit_event(
@@ -53,23 +48,17 @@ def record_audit_event(
 ) -> RecordedEvent:
     """Append an event to the current tenant's log, in the current transaction.
 
+    The database takes the actor from the verified context: a user's request is recorded
+    as that user, an API key as the key, support staff as themselves with their session and
+    its reason. `actor_type` ("system" or "agent") and `actor` are used only by the system's
+    own contexts (Celery tasks, commands), which name their actor.
+
     `payload`: what the action was given (hashed, secrets redacted, never stored); by default
     the current request's payload. `context`: small, non-secret details stored with the event.
     """
     require_tenant_id()
-    kind, actor_id, label = _actor(actor)
+    actor_id, label = _system_actor(actor)
     details = json_safe(redact(dict(context or {})))
-    support_session = current_support_session_id()
-    if support_session is not None:
-        from accounts.models import SupportSession
-
-        details["support_session"] = str(support_session)
-        # Readable through the session's own self-read policy.
-        details["support_reason"] = (
-            SupportSession.all_tenants.filter(id=support_session)
-            .values_list("reason", flat=True)
-            .first()
-        )
     info = current_request_info()
     if payload is not None:
         payload_sha256 = payload_digest(payload)
@@ -77,10 +66,10 @@ def record_audit_event(
         payload_sha256 = info.payload_sha256 if info else ""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT event_id, event_seq, event_hash FROM audit_record_event("
+            "SELECT event_id, event_seq, event_hash FROM public.audit_record_event("
             "%s, %s, %s, %s, %s, %s, %s, %s, %s::inet, %s, %s, %s)",
             [
-                actor_type or kind,
+                actor_type or getattr(actor, "actor_type", "") or AuditEvent.ActorType.SYSTEM,
                 actor_id[:64],
                 label[:255],
                 action[:64],
@@ -101,12 +90,7 @@ def record_audit_event(
 @contextmanager
 def audit_operator() -> Iterator[None]:
     """Read the whole log of the current tenant from an operator command (export, verify):
-    sets `app.audit_operator`, which the audit read policy honours. Not for request paths."""
-    require_tenant_id()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('app.audit_operator', 'on', true)")
-    try:
+    the block runs as the operator principal, which the audit log's policy admits. Not for
+    request paths (only the app can sign it)."""
+    with acting_as(OPERATOR):
         yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('app.audit_operator', '', true)")

@@ -21,7 +21,7 @@ from audit.actions import record_audit_event
 from audit.export import create_checkpoint, iter_export
 from audit.models import AuditEvent
 from tenants.api import TenantScopedViewSet
-from tenants.context import tenant_context
+from tenants.context import current_principal, tenant_context
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
@@ -154,11 +154,11 @@ class AuditExportViewSet(TenantScopedViewSet):
             },
         )
         create_checkpoint()
-        tenant_id, user_id = self.tenant_id, request.user.pk
+        tenant_id, principal = self.tenant_id, current_principal()
 
         def stream() -> Any:
             # Runs after the view returned, outside the request's transaction: enter again.
-            with tenant_context(tenant_id, user_id=user_id):
+            with tenant_context(tenant_id, principal=principal):
                 yield from iter_export(start, end)
 
         stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")

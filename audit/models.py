@@ -11,6 +11,8 @@ inside a support session) can read it.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 
 from tenants.models import TenantScopedModel
@@ -23,6 +25,9 @@ class AuditEvent(TenantScopedModel):
         API_KEY = "api_key", "API key"
         SYSTEM = "system", "System"
         AGENT = "agent", "Agent"
+
+    # Read only by the readers the verified context admits (audit migration 0003).
+    rls_read_function: ClassVar[str] = "playbook_audit_tenant"
 
     id = models.BigAutoField(primary_key=True)
     seq = models.BigIntegerField(help_text="Position in the tenant's chain, from 1.")

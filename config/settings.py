@@ -8,7 +8,10 @@ cookie and HTTPS settings. A bad value stops startup with a message naming the v
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -35,6 +38,36 @@ _DEV_SECRET_KEY = "django-insecure-development-only-key-never-use-in-production"
 SECRET_KEY = env.str("SECRET_KEY", default="" if PRODUCTION else _DEV_SECRET_KEY)
 if not SECRET_KEY:
     raise ImproperlyConfigured("Set the environment variable SECRET_KEY (PLAYBOOK_ENV=production).")
+
+def _context_keys(raw: str) -> list[tuple[str, bytes]]:
+    """TENANT_CONTEXT_KEYS: `kid:hex,kid:hex`, the first signs new tenant contexts, every one
+    is installed in the database (owner-only table) by `manage.py install_context_keys`.
+    Unset: one key derived from SECRET_KEY."""
+    if not raw:
+        derived = hmac.new(SECRET_KEY.encode(), b"playbook.tenant-context", "sha256").digest()
+        return [("s" + hashlib.sha256(b"kid:" + derived).hexdigest()[:8], derived)]
+    keys = []
+    for item in raw.split(","):
+        kid, _, secret = item.strip().partition(":")
+        try:
+            value = bytes.fromhex(secret)
+        except ValueError:
+            value = b""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", kid) or len(value) < 32:
+            raise ImproperlyConfigured(
+                "TENANT_CONTEXT_KEYS must be `kid:hexsecret[,kid:hexsecret...]` with key ids of "
+                "letters, digits, _ or - and secrets of at least 32 bytes "
+                "(python -c 'import secrets; print(secrets.token_hex(32))')."
+            )
+        keys.append((kid, value))
+    return keys
+
+
+# Signing keys of the tenant context (tenants/context.py) and how long a signed context may
+# wait before the database refuses to enter it (it is bound to one transaction once entered).
+TENANT_CONTEXT_KEYS = _context_keys(env.str("TENANT_CONTEXT_KEYS", default=""))
+TENANT_CONTEXT_TTL_SECONDS = env.int("TENANT_CONTEXT_TTL_SECONDS", default=60)
+
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])

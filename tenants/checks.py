@@ -19,9 +19,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from tenants.migration_ops import (
     POLICY_NAME,
-    SUPPORT_POLICY_NAME,
-    SUPPORT_PREDICATE,
     TENANT_PREDICATE,
+    read_predicate,
     same_tenant_constraint_name,
 )
 from tenants.models import CrossTenantForeignKey, Tenant, TenantScopedModel
@@ -127,49 +126,12 @@ def check_tenant_model_shape(app_configs: Any = None, **kwargs: Any) -> list[che
 
 # --------------------------------------------------------------------------- database
 
-_deparsed: dict[tuple[str, str], tuple[str, str] | None] = {}
 
-
-def _deparse_policy(connection: BaseDatabaseWrapper, predicate: str) -> tuple[str, str] | None:
-    """How this server deparses a policy predicate: compile it on a temp table, roll back.
-    None if it does not compile (e.g. the support function is not migrated yet)."""
-    key = (connection.alias, predicate)
-    if key in _deparsed:
-        return _deparsed[key]
-    nested = connection.in_atomic_block
-    result: tuple[str, str] | None = None
-    with connection.cursor() as cursor:
-        cursor.execute("SAVEPOINT policy_probe" if nested else "BEGIN")
-        try:
-            cursor.execute("CREATE TEMP TABLE playbook_policy_probe (tenant_id uuid)")
-            cursor.execute(
-                f"CREATE POLICY probe ON playbook_policy_probe USING ({predicate}) "
-                f"WITH CHECK ({predicate})"
-            )
-            cursor.execute(
-                "SELECT qual, with_check FROM pg_policies "
-                "WHERE tablename = 'playbook_policy_probe' AND policyname = 'probe'"
-            )
-            result = cursor.fetchone()
-        except DatabaseError:
-            result = None
-        finally:
-            if nested:
-                cursor.execute("ROLLBACK TO SAVEPOINT policy_probe")
-                cursor.execute("RELEASE SAVEPOINT policy_probe")
-            else:
-                cursor.execute("ROLLBACK")
-    _deparsed[key] = tuple(result) if result else None  # type: ignore[assignment]
-    return _deparsed[key]
-
-
-def expected_policies(
-    connection: BaseDatabaseWrapper, model: type[models.Model]
-) -> dict[str, tuple[str, str] | None]:
-    expected = {POLICY_NAME: _deparse_policy(connection, TENANT_PREDICATE)}
-    if getattr(model, "rls_support_access", True):
-        expected[SUPPORT_POLICY_NAME] = _deparse_policy(connection, SUPPORT_PREDICATE)
-    return expected
+def expected_policy(model: type[models.Model]) -> tuple[str, str]:
+    """(USING, WITH CHECK) of the model's one policy, as PostgreSQL deparses them."""
+    read_function = getattr(model, "rls_read_function", "")
+    using = read_predicate(read_function) if read_function else TENANT_PREDICATE
+    return f"({using})", f"({TENANT_PREDICATE})"
 
 
 def runtime_role_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckMessage]:
@@ -256,34 +218,28 @@ def table_problems(
                 [table],
             )
             policies = {name: rest for name, *rest in cursor.fetchall()}
-            expected = expected_policies(connection, model)
-            for name, deparsed in expected.items():
-                found = policies.get(name)
-                if deparsed is None or found != ["PERMISSIVE", ["public"], "ALL", *deparsed]:
-                    predicate = TENANT_PREDICATE if name == POLICY_NAME else SUPPORT_PREDICATE
-                    errors.append(
-                        checks.Error(
-                            f"Table {table} lacks the policy {name!r} (or it differs from "
-                            f"USING/WITH CHECK ({predicate})).",
-                            hint=f"Use tenants.migration_ops.EnableTenantRLS({model.__name__!r})"
-                            if name == POLICY_NAME
-                            else "Use tenants.migration_ops.EnableSupportAccess"
-                            f"({model.__name__!r}).",
-                            obj=model,
-                            id="tenants.E021" if name == POLICY_NAME else "tenants.E023",
-                        )
+            using, check = expected_policy(model)
+            if policies.get(POLICY_NAME) != ["PERMISSIVE", ["public"], "ALL", using, check]:
+                errors.append(
+                    checks.Error(
+                        f"Table {table} lacks the policy {POLICY_NAME!r} (or it differs from "
+                        f"USING {using} WITH CHECK {check}).",
+                        hint=f"Use tenants.migration_ops.EnableTenantRLS({model.__name__!r}).",
+                        obj=model,
+                        id="tenants.E021",
                     )
-            allowed = set(expected) | set(getattr(model, "rls_extra_policies", ()))
-            for name, (permissive, *_rest) in policies.items():
-                if permissive == "PERMISSIVE" and name not in allowed:
-                    errors.append(
-                        checks.Error(
-                            f"Table {table} has an unknown permissive policy {name!r}; "
-                            "permissive policies OR together and can widen access.",
-                            obj=model,
-                            id="tenants.E022",
-                        )
+                )
+            for name in sorted(set(policies) - {POLICY_NAME}):
+                errors.append(
+                    checks.Error(
+                        f"Table {table} has another policy {name!r}: a tenant table has exactly "
+                        "one, the verified-context policy (permissive policies widen access; "
+                        "more policies also make the planner misestimate).",
+                        hint=f"Drop it; EnableTenantRLS({model.__name__!r}) installs the one.",
+                        obj=model,
+                        id="tenants.E022",
                     )
+                )
             for field in same_tenant_foreign_keys(model):
                 parent: Any = field.related_model
                 cursor.execute(

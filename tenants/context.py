@@ -1,38 +1,101 @@
 """The one way to enter a tenant: `tenant_context(tenant_id)` (DESIGN.md invariant 4).
 
-It opens a transaction (or a savepoint inside one), runs
-`SELECT set_config('app.current_tenant', <id>, true)` -- transaction-local, like SET LOCAL --
-and sets a ContextVar for the ORM. On exit both are restored. PostgreSQL's row-level
-security policies read the setting; the ContextVar lets the ORM fail loudly instead of
-silently returning nothing.
+The database trusts nothing the runtime role can set for itself. Entering signs a context
+-- tenant, principal (a user, an API key, a support session, platform staff, the system or
+an audit operator), expiry, nonce -- with an HMAC key that only the owner role can read in
+the database (`settings.TENANT_CONTEXT_KEYS`, installed by `manage.py install_context_keys`
+after every migrate), and sends it with one statement, as a bind parameter (so it never
+shows in `pg_stat_activity`):
+
+    SELECT refusal, role FROM public.playbook_enter($1)
+
+That SECURITY DEFINER function verifies the signature and the expiry, verifies the
+principal (active, bound to that tenant, key not revoked, support session open, tenant
+active), binds the context to this backend and this transaction with a second MAC, and
+returns the principal's role -- one round trip, fresh on every entry. Every tenant policy
+calls `playbook_context_tenant()`, which re-verifies the bound context. A forged, expired,
+absent, other-backend or earlier-transaction context sees zero rows and can write nothing.
+
+The context lives in a transaction-local setting: `tenant_context` opens a transaction (a
+savepoint inside one), and a ContextVar beside it lets the ORM fail loudly outside a tenant.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 if TYPE_CHECKING:
     from tenants.models import Tenant
 
-TENANT_SETTING = "app.current_tenant"
-SUPPORT_SETTING = "app.support_session"
-# The authenticated user (for policies that depend on the role, e.g. reading the audit log).
-USER_SETTING = "app.current_user"
+CONTEXT_SETTING = "playbook.context"
+ENTER_SQL = "SELECT refusal, role FROM public.playbook_enter(%s)"
+LEAVE_SQL = "SELECT set_config('playbook.context', '', true)"
 
-_current_tenant: ContextVar[uuid.UUID | None] = ContextVar("current_tenant", default=None)
-_current_support_session: ContextVar[uuid.UUID | None] = ContextVar(
-    "current_support_session", default=None
-)
+PrincipalKind = Literal["user", "api_key", "support", "staff", "system", "operator"]
 
 
 class TenantScopeError(RuntimeError):
     """Tenant data was touched outside a tenant context, or across tenants."""
+
+
+class TenantContextRefused(TenantScopeError):
+    """The database refused to enter: the principal is inactive, revoked or ended, the
+    tenant is not active, or the context's signature or key is not the database's."""
+
+    def __init__(self, reason: str, principal: Principal) -> None:
+        super().__init__(f"Tenant context refused ({reason}) for {principal.kind}.")
+        self.reason = reason
+        self.principal = principal
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who acts in the tenant: what the database verifies at entry and audits as the actor."""
+
+    kind: PrincipalKind
+    id: str = ""
+
+    @classmethod
+    def user(cls, user_id: int) -> Principal:
+        return cls("user", str(int(user_id)))
+
+    @classmethod
+    def api_key(cls, key_id: uuid.UUID) -> Principal:
+        return cls("api_key", str(uuid.UUID(str(key_id))))
+
+    @classmethod
+    def support(cls, session_id: uuid.UUID | str) -> Principal:
+        return cls("support", str(uuid.UUID(str(session_id))))
+
+    @classmethod
+    def staff(cls, user_id: int) -> Principal:
+        return cls("staff", str(int(user_id)))
+
+
+SYSTEM = Principal("system")
+OPERATOR = Principal("operator")
+
+
+@dataclass(frozen=True)
+class _Active:
+    tenant_id: uuid.UUID
+    principal: Principal
+    role: str | None
+
+
+_active: ContextVar[_Active | None] = ContextVar("tenant_context", default=None)
 
 
 def coerce_tenant_id(value: Tenant | uuid.UUID | str) -> uuid.UUID:
@@ -50,79 +113,159 @@ def coerce_tenant_id(value: Tenant | uuid.UUID | str) -> uuid.UUID:
 
 
 def current_tenant_id() -> uuid.UUID | None:
-    return _current_tenant.get()
+    active = _active.get()
+    return active.tenant_id if active else None
+
+
+def current_principal() -> Principal | None:
+    active = _active.get()
+    return active.principal if active else None
+
+
+def current_role() -> str | None:
+    """The role the database read for the current principal when it entered (a user's
+    membership role; "api_key" for a key; None for staff, support and the system)."""
+    active = _active.get()
+    return active.role if active else None
 
 
 def current_support_session_id() -> uuid.UUID | None:
     """The support session this context runs under, if staff entered through one."""
-    return _current_support_session.get()
+    active = _active.get()
+    if active is None or active.principal.kind != "support":
+        return None
+    return uuid.UUID(active.principal.id)
 
 
 def require_tenant_id() -> uuid.UUID:
-    tenant_id = _current_tenant.get()
-    if tenant_id is None:
+    active = _active.get()
+    if active is None:
         raise TenantScopeError(
             "No tenant context: wrap this in `with tenant_context(tenant_id):` "
             "(requests, TenantTask and `--tenant` commands do it for you)."
         )
-    return tenant_id
+    return active.tenant_id
 
 
-def _set_database_settings(using: str, values: dict[str, str]) -> None:
-    """Transaction-local settings, all in one statement (one round trip per request)."""
-    calls = ", ".join(["set_config(%s, %s, true)"] * len(values))
+# --------------------------------------------------------------------------- signing
+
+
+def signing_key() -> tuple[str, bytes]:
+    """The key id and secret new contexts are signed with (the first configured key)."""
+    kid, secret = settings.TENANT_CONTEXT_KEYS[0]
+    return kid, secret
+
+
+def sign_context(tenant_id: uuid.UUID, principal: Principal, *, ttl: int | None = None) -> str:
+    """`v1|kid|tenant|kind|principal|expiry|nonce|mac`: what playbook_enter verifies."""
+    kid, secret = signing_key()
+    expiry = int(time.time()) + (ttl if ttl is not None else settings.TENANT_CONTEXT_TTL_SECONDS)
+    payload = "|".join(
+        ["v1", kid, str(tenant_id), principal.kind, principal.id, str(expiry), secrets.token_hex(8)]
+    )
+    mac = hmac.new(secret, f"app|{payload}".encode(), hashlib.sha256).hexdigest()
+    return f"{payload}|{mac}"
+
+
+def _enter(using: str, tenant_id: uuid.UUID, principal: Principal) -> str | None:
+    """One round trip: verify, bind and read the role. The token goes as a server-side
+    bind parameter (a plain psycopg cursor), never into the statement's text."""
+    connection = connections[using]
+    connection.ensure_connection()
+    token = sign_context(tenant_id, principal)
+    with connection.wrap_database_errors, connection.connection.cursor() as cursor:  # type: ignore[union-attr]
+        cursor.execute(ENTER_SQL, [token])
+        row = cursor.fetchone()
+    if connection.queries_logged:
+        connection.queries_log.append({"sql": ENTER_SQL % "'<context>'", "time": "0.000"})
+    refusal, role = row if row else ("no_answer", None)
+    if refusal is not None:
+        raise TenantContextRefused(str(refusal), principal)
+    return str(role) if role is not None else None
+
+
+def _leave(using: str) -> None:
     with connections[using].cursor() as cursor:
-        cursor.execute(f"SELECT {calls}", [x for item in values.items() for x in item])
+        cursor.execute(LEAVE_SQL)
+
+
+# --------------------------------------------------------------------------- entering
 
 
 @contextmanager
 def tenant_context(
     tenant: Tenant | uuid.UUID | str,
     *,
+    principal: Principal | None = None,
     support_session: uuid.UUID | str | None = None,
     user_id: int | None = None,
     using: str = DEFAULT_DB_ALIAS,
 ) -> Iterator[uuid.UUID]:
-    """Run the block as `tenant`, inside a transaction. Re-entering the same tenant is a no-op;
-    entering a different tenant while one is active raises TenantScopeError.
-
-    With `support_session`, platform staff enter through that support session instead: the
-    database setting is `app.support_session`, not `app.current_tenant`, so rows are admitted
-    only by the support policy, which checks at every statement that the session is for
-    this tenant and still valid. `user_id` names the authenticated user to the database
-    (`app.current_user`), for policies that depend on the user's role.
+    """Run the block as `tenant`, inside a transaction, acting as `principal` (default: the
+    system). `user_id=` and `support_session=` are shorthands for a user's or a support
+    session's principal. Re-entering the same tenant as the same principal (or as the
+    system, inside any principal) is a no-op; entering a different tenant or principal while
+    one is active raises TenantScopeError. Raises TenantContextRefused when the database
+    does not admit the principal.
     """
     tenant_id = coerce_tenant_id(tenant)
-    support_id = coerce_tenant_id(support_session) if support_session is not None else None
-    active = _current_tenant.get()
+    if principal is None:
+        if support_session is not None:
+            principal = Principal.support(support_session)
+        elif user_id is not None:
+            principal = Principal.user(user_id)
+        else:
+            principal = SYSTEM
+    active = _active.get()
     if active is not None:
-        if active != tenant_id or support_id != _current_support_session.get():
+        if active.tenant_id != tenant_id or (principal != active.principal and principal != SYSTEM):
             raise TenantScopeError(
-                f"Already in tenant {active}; cannot enter tenant {tenant_id} inside it."
+                f"Already in tenant {active.tenant_id} as {active.principal.kind}; cannot "
+                f"enter tenant {tenant_id} as {principal.kind} inside it."
             )
         yield tenant_id
         return
 
-    setting, value = (
-        (TENANT_SETTING, str(tenant_id))
-        if support_id is None
-        else (SUPPORT_SETTING, str(support_id))
-    )
-    values = {setting: value}
-    if user_id is not None:
-        values[USER_SETTING] = str(int(user_id))
     connection = connections[using]
     nested = connection.in_atomic_block
     with transaction.atomic(using=using):
-        _set_database_settings(using, values)
-        token = _current_tenant.set(tenant_id)
-        support_token = _current_support_session.set(support_id)
+        role = _enter(using, tenant_id, principal)
+        token = _active.set(_Active(tenant_id, principal, role))
         try:
             yield tenant_id
         finally:
-            _current_support_session.reset(support_token)
-            _current_tenant.reset(token)
-        # Leaving normally inside an outer transaction: clear the setting ourselves. On an
+            _active.reset(token)
+        # Leaving normally inside an outer transaction: clear the context ourselves. On an
         # exception the savepoint rollback reverts it; at the outermost level COMMIT does.
         if nested and not connection.needs_rollback:
-            _set_database_settings(using, dict.fromkeys(values, ""))
+            _leave(using)
+
+
+@contextmanager
+def acting_as(principal: Principal, *, using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
+    """Inside a tenant context, act as another principal of the same tenant for the block
+    (the audit operator of `audit_export`), then re-enter as before."""
+    active = _active.get()
+    if active is None:
+        raise TenantScopeError("acting_as() needs a tenant context.")
+    with transaction.atomic(using=using):
+        role = _enter(using, active.tenant_id, principal)
+        token = _active.set(_Active(active.tenant_id, principal, role))
+        try:
+            yield
+        finally:
+            _active.reset(token)
+            if not connections[using].needs_rollback:
+                _enter(using, active.tenant_id, active.principal)
+
+
+def enter_connection(using: str) -> None:
+    """Enter the current tenant, as the current principal, on `using`'s connection, inside
+    the transaction open there (for code that works on another thread's connection, such as
+    LangGraph's checkpoint writes)."""
+    active = _active.get()
+    if active is None:
+        raise TenantScopeError("enter_connection() needs a tenant context.")
+    if not connections[using].in_atomic_block:
+        raise TenantScopeError("enter_connection() needs a transaction on that connection.")
+    _enter(using, active.tenant_id, active.principal)

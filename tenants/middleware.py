@@ -11,21 +11,25 @@ zero tenant rows and the ORM refuses.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import NamedTuple
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
-from tenants.context import tenant_context
+from tenants.context import Principal, TenantContextRefused, tenant_context
+
+logger = logging.getLogger(__name__)
 
 
 class RequestTenant(NamedTuple):
     tenant_id: uuid.UUID
-    support_session_id: uuid.UUID | None = None
-    user_id: int | None = None
+    principal: Principal
 
 
 def principal_tenant(request: HttpRequest) -> RequestTenant | None:
@@ -36,9 +40,9 @@ def principal_tenant(request: HttpRequest) -> RequestTenant | None:
     tenant_id = getattr(user, "tenant_id", None)
     if tenant_id is None:
         return None
-    # API keys are principals too, but not users: no user id for role-based policies.
-    user_id = user.pk if isinstance(user.pk, int) else None
-    return RequestTenant(tenant_id, user_id=user_id)
+    if getattr(user, "actor_type", None) == "api_key":
+        return RequestTenant(tenant_id, Principal.api_key(user.pk))
+    return RequestTenant(tenant_id, Principal.user(user.pk))
 
 
 class TenantContextMiddleware:
@@ -53,9 +57,18 @@ class TenantContextMiddleware:
         resolved = self.resolve(request)
         if resolved is None:
             return self.get_response(request)
-        with tenant_context(
-            resolved.tenant_id,
-            support_session=resolved.support_session_id,
-            user_id=resolved.user_id,
-        ):
-            return self.get_response(request)
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(
+                    tenant_context(resolved.tenant_id, principal=resolved.principal)
+                )
+            except TenantContextRefused as exc:
+                # The database refused the principal (deactivated, tenant suspended, key
+                # revoked, support session ended or expired): the request goes on outside
+                # any tenant; a refused user or key is not signed in at all.
+                logger.info("tenant context refused for %s: %s", exc.principal.kind, exc.reason)
+            else:
+                return self.get_response(request)
+        if resolved.principal.kind in ("user", "api_key"):
+            request.user = AnonymousUser()
+        return self.get_response(request)

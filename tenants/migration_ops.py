@@ -12,21 +12,33 @@ from typing import Any
 from django.db import migrations
 
 POLICY_NAME = "tenant_isolation"
-TENANT_PREDICATE = (
+# The one function every policy calls (tenants migration 0006): it returns the tenant of the
+# verified context -- signed by the app, bound by the database to this backend and this
+# transaction -- and NULL for a forged, expired, absent or foreign context.
+CONTEXT_FUNCTION = "playbook_context_tenant"
+TENANT_PREDICATE = f"tenant_id = {CONTEXT_FUNCTION}()"
+
+# History only: the predicates of migrations written before the verified context. They
+# trusted settings the runtime role could set itself; `EnableTenantRLS` replaces them.
+LEGACY_TENANT_PREDICATE = (
     "tenant_id = (SELECT NULLIF(current_setting('app.current_tenant', true), '')::uuid)"
 )
-# Support staff: admitted only through a valid support session for this tenant. The
-# function (tenants migration 0002) reads `app.support_session` and returns that session's
-# tenant while it is neither ended nor expired, NULL otherwise.
-SUPPORT_POLICY_NAME = "support_session_access"
-SUPPORT_PREDICATE = "tenant_id = (SELECT playbook_support_tenant())"
+LEGACY_SUPPORT_POLICY_NAME = "support_session_access"
+LEGACY_SUPPORT_PREDICATE = "tenant_id = (SELECT playbook_support_tenant())"
+LEGACY_POLICY_NAMES = (POLICY_NAME, LEGACY_SUPPORT_POLICY_NAME, "support_session_self")
 
 
-def create_policy_sql(quote: Any, table: str, name: str, predicate: str) -> str:
+def create_policy_sql(
+    quote: Any, table: str, name: str, predicate: str, check: str | None = None
+) -> str:
     return (
         f"CREATE POLICY {quote(name)} ON {quote(table)} AS PERMISSIVE FOR ALL TO PUBLIC "
-        f"USING ({predicate}) WITH CHECK ({predicate})"
+        f"USING ({predicate}) WITH CHECK ({check or predicate})"
     )
+
+
+def read_predicate(function: str) -> str:
+    return f"tenant_id = {function}()"
 
 
 def _table(state_apps: Any, app_label: str, model_name: str) -> str:
@@ -34,17 +46,65 @@ def _table(state_apps: Any, app_label: str, model_name: str) -> str:
 
 
 class EnableTenantRLS(migrations.operations.base.Operation):
-    """ENABLE + FORCE row-level security on a tenant table and create its policies:
+    """ENABLE + FORCE row-level security on a tenant table, with its one policy:
 
-        tenant_isolation: USING/WITH CHECK
-            (tenant_id = (SELECT NULLIF(current_setting('app.current_tenant', true), '')::uuid))
-        support_session_access: USING/WITH CHECK
-            (tenant_id = (SELECT playbook_support_tenant()))
+        tenant_isolation: USING/WITH CHECK (tenant_id = playbook_context_tenant())
 
-    FORCE makes the policies bind the table owner too; the `(SELECT ...)` form is evaluated
-    once per statement (an InitPlan), not once per row. Without a tenant setting (or a valid
-    support session) the expression is NULL: every row is invisible, every write rejected.
+    FORCE binds the table owner too. Without a verified context the function returns NULL:
+    every row is invisible, every write rejected. `read_function` names another function
+    for reads (the audit log: only readers the verified context admits); writes still need
+    the context's tenant. Idempotent: it drops the table's earlier policies first, so the
+    same operation moves a table from the legacy policies to this one.
     """
+
+    reversible = True
+    reduces_to_sql = True
+
+    def __init__(self, model_name: str, read_function: str = "") -> None:
+        self.model_name = model_name
+        self.read_function = read_function
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        raw_table = _table(to_state.apps, app_label, self.model_name)
+        q = schema_editor.quote_name
+        table = q(raw_table)
+        schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        schema_editor.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+        for name in LEGACY_POLICY_NAMES:
+            schema_editor.execute(f"DROP POLICY IF EXISTS {q(name)} ON {table}")
+        using = read_predicate(self.read_function) if self.read_function else TENANT_PREDICATE
+        schema_editor.execute(create_policy_sql(q, raw_table, POLICY_NAME, using, TENANT_PREDICATE))
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        table = schema_editor.quote_name(_table(from_state.apps, app_label, self.model_name))
+        schema_editor.execute(
+            f"DROP POLICY IF EXISTS {schema_editor.quote_name(POLICY_NAME)} ON {table}"
+        )
+
+    def describe(self) -> str:
+        return f"Enable and force tenant row-level security on {self.model_name}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"rls_{self.model_name.lower()}"
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs: dict[str, Any] = {"model_name": self.model_name}
+        if self.read_function:
+            kwargs["read_function"] = self.read_function
+        return (self.__class__.__qualname__, [], kwargs)
+
+
+class LegacyTenantRLS(migrations.operations.base.Operation):
+    """History only (migrations before tenants 0006): RLS with the legacy setting-based
+    policies. A later migration of every app replaces them with `EnableTenantRLS`."""
 
     reversible = True
     reduces_to_sql = True
@@ -60,21 +120,22 @@ class EnableTenantRLS(migrations.operations.base.Operation):
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
         raw_table = _table(to_state.apps, app_label, self.model_name)
-        table = schema_editor.quote_name(raw_table)
-        schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        schema_editor.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
         q = schema_editor.quote_name
-        schema_editor.execute(create_policy_sql(q, raw_table, POLICY_NAME, TENANT_PREDICATE))
+        schema_editor.execute(f"ALTER TABLE {q(raw_table)} ENABLE ROW LEVEL SECURITY")
+        schema_editor.execute(f"ALTER TABLE {q(raw_table)} FORCE ROW LEVEL SECURITY")
+        schema_editor.execute(create_policy_sql(q, raw_table, POLICY_NAME, LEGACY_TENANT_PREDICATE))
         if self.support_access:
             schema_editor.execute(
-                create_policy_sql(q, raw_table, SUPPORT_POLICY_NAME, SUPPORT_PREDICATE)
+                create_policy_sql(
+                    q, raw_table, LEGACY_SUPPORT_POLICY_NAME, LEGACY_SUPPORT_PREDICATE
+                )
             )
 
     def database_backwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
     ) -> None:
         table = schema_editor.quote_name(_table(from_state.apps, app_label, self.model_name))
-        for name in (POLICY_NAME, SUPPORT_POLICY_NAME):
+        for name in (POLICY_NAME, LEGACY_SUPPORT_POLICY_NAME):
             schema_editor.execute(
                 f"DROP POLICY IF EXISTS {schema_editor.quote_name(name)} ON {table}"
             )
@@ -82,11 +143,7 @@ class EnableTenantRLS(migrations.operations.base.Operation):
         schema_editor.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
 
     def describe(self) -> str:
-        return f"Enable and force tenant row-level security on {self.model_name}"
-
-    @property
-    def migration_name_fragment(self) -> str:
-        return f"rls_{self.model_name.lower()}"
+        return f"Legacy tenant row-level security on {self.model_name}"
 
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         kwargs: dict[str, Any] = {"model_name": self.model_name}
@@ -95,8 +152,8 @@ class EnableTenantRLS(migrations.operations.base.Operation):
         return (self.__class__.__qualname__, [], kwargs)
 
 
-class EnableSupportAccess(migrations.operations.base.Operation):
-    """Add the support-session policy to a tenant table created before it existed."""
+class LegacySupportAccess(migrations.operations.base.Operation):
+    """History only: the legacy support-session policy (see LegacyTenantRLS)."""
 
     reversible = True
     reduces_to_sql = True
@@ -113,7 +170,10 @@ class EnableSupportAccess(migrations.operations.base.Operation):
         table = _table(to_state.apps, app_label, self.model_name)
         schema_editor.execute(
             create_policy_sql(
-                schema_editor.quote_name, table, SUPPORT_POLICY_NAME, SUPPORT_PREDICATE
+                schema_editor.quote_name,
+                table,
+                LEGACY_SUPPORT_POLICY_NAME,
+                LEGACY_SUPPORT_PREDICATE,
             )
         )
 
@@ -122,15 +182,12 @@ class EnableSupportAccess(migrations.operations.base.Operation):
     ) -> None:
         table = schema_editor.quote_name(_table(from_state.apps, app_label, self.model_name))
         schema_editor.execute(
-            f"DROP POLICY IF EXISTS {schema_editor.quote_name(SUPPORT_POLICY_NAME)} ON {table}"
+            "DROP POLICY IF EXISTS "
+            f"{schema_editor.quote_name(LEGACY_SUPPORT_POLICY_NAME)} ON {table}"
         )
 
     def describe(self) -> str:
-        return f"Support-session policy on {self.model_name}"
-
-    @property
-    def migration_name_fragment(self) -> str:
-        return f"support_{self.model_name.lower()}"
+        return f"Legacy support-session policy on {self.model_name}"
 
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         return (self.__class__.__qualname__, [], {"model_name": self.model_name})

@@ -76,7 +76,9 @@ def build_world(slug: str, *, conversation_title: str = "Strategy session") -> W
     with tenant_context(tenant):
         for key, user in people.items():
             Membership.objects.create(user=user, role=roles[key])
-        for client in (world.client, world.other_client):
+    for client in (world.client, world.other_client):
+        # As the client herself: the audit log records its verified actor.
+        with tenant_context(tenant, user_id=client.pk):
             conversation = actions.create_conversation(
                 acting_user=client,
                 client=client,

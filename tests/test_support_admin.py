@@ -22,7 +22,7 @@ from accounts.models import SupportSession, User
 from audit.actions import audit_operator, record_audit_event
 from audit.models import AuditEvent
 from conversations.models import Conversation
-from tenants.context import tenant_context
+from tenants.context import TenantContextRefused, tenant_context
 from tests.factories import UserFactory, World, build_world
 
 pytestmark = pytest.mark.django_db
@@ -475,23 +475,35 @@ def test_a_support_session_admits_only_its_own_tenants_rows(
         assert raw_conversation_ids() == acme.conversation_ids
         assert {str(c.id) for c in Conversation.objects.all()} == acme.conversation_ids
 
-    # Claiming another tenant with A's session: the database still admits only A's rows,
-    # never B's; the ORM (filtered by the claimed tenant) finds nothing at all.
-    with tenant_context(globex.tenant, support_session=session.id):
-        assert raw_conversation_ids() == acme.conversation_ids
-        assert not raw_conversation_ids() & globex.conversation_ids
-        assert not Conversation.objects.exists()
-
+    # Claiming another tenant with A's session, or a made-up session: the database does
+    # not let the context in at all.
+    with (
+        pytest.raises(TenantContextRefused),
+        tenant_context(globex.tenant, support_session=session.id),
+    ):
+        pass
     for made_up in (uuid.uuid4(), uuid.UUID(int=0)):
-        with tenant_context(acme.tenant, support_session=made_up):
-            assert raw_conversation_ids() == set()
+        with (
+            pytest.raises(TenantContextRefused),
+            tenant_context(acme.tenant, support_session=made_up),
+        ):
+            pass
 
 
 @pytest.mark.parametrize("ended", [True, False], ids=["ended", "expired"])
 def test_an_ended_or_expired_session_admits_nothing(staff: User, acme: World, ended: bool) -> None:
     past = timezone.now() - timedelta(hours=1)
     session = make_session(acme, staff, **({"ended_at": past} if ended else {"expires_at": past}))
-    with tenant_context(acme.tenant, support_session=session.id):
+    with (
+        pytest.raises(TenantContextRefused),
+        tenant_context(acme.tenant, support_session=session.id),
+    ):
+        pass
+    # Nor does a session that the database ended after the context was entered (the bound
+    # context is this transaction's only).
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('app.support_session', %s, true)", [str(session.id)])
         assert raw_conversation_ids() == set()
         with pytest.raises(ProgrammingError, match="row-level security"):
             insert_conversation_row(acme)

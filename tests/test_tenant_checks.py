@@ -79,8 +79,7 @@ def test_a_tenant_table_without_rls_fails_the_check(
     owner_sql("CREATE POLICY tenant_isolation ON test_forgotten_rls USING (true) WITH CHECK (true)")
     owner_sql("ALTER TABLE test_forgotten_rls FORCE ROW LEVEL SECURITY")
     assert ids(table_problems(connections["default"], [unprotected_model])) == {
-        "tenants.E021",  # tenant policy wrong
-        "tenants.E023",  # support-session policy missing
+        "tenants.E021",  # not the verified-context policy
     }
 
     # The reviewed migration operation fixes it; an extra permissive policy breaks it again.
@@ -101,6 +100,13 @@ def test_a_tenant_table_without_rls_fails_the_check(
     assert table_problems(connections["default"], [unprotected_model]) == []
 
     owner_sql("CREATE POLICY open_door ON test_forgotten_rls USING (true)")
+    assert ids(table_problems(connections["default"], [unprotected_model])) == {"tenants.E022"}
+    # A restrictive policy is not the one policy either (and the legacy support policy
+    # would widen access).
+    owner_sql("DROP POLICY open_door ON test_forgotten_rls")
+    owner_sql(
+        "CREATE POLICY narrowing ON test_forgotten_rls AS RESTRICTIVE USING (tenant_id IS NOT NULL)"
+    )
     assert ids(table_problems(connections["default"], [unprotected_model])) == {"tenants.E022"}
 
 

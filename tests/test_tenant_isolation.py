@@ -9,9 +9,9 @@ import pytest
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from accounts.models import Membership
+from accounts.models import Membership, role_in_current_tenant
 from conversations.models import Conversation, Message
-from tenants.context import TenantScopeError, current_tenant_id, tenant_context
+from tenants.context import TenantScopeError, current_role, current_tenant_id, tenant_context
 from tests.factories import UserFactory, World, build_world
 
 pytestmark = pytest.mark.django_db
@@ -40,8 +40,9 @@ def execute(sql: str, params: list[Any]) -> None:
 
 
 def current_setting() -> str | None:
+    """The tenant the database admits now (the verified context's), or None."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('app.current_tenant', true)")
+        cursor.execute("SELECT public.playbook_context_tenant()::text")
         return cursor.fetchone()[0]
 
 
@@ -172,7 +173,7 @@ def test_tenant_context_restores_the_setting_and_refuses_a_second_tenant(
                 pass
             assert current_setting() == str(acme.tenant.id)
         assert current_tenant_id() is None
-        assert current_setting() == ""
+        assert current_setting() is None
         assert raw_ids("conversations_conversation") == set()
 
         with pytest.raises(ZeroDivisionError), tenant_context(globex.tenant):
@@ -216,12 +217,14 @@ def test_the_runtime_role_cannot_switch_the_boundary_off(statement: str) -> None
         execute(statement, [])
 
 
-def test_tenant_and_user_settings_are_set_in_one_statement_and_both_cleared(acme: World) -> None:
-    def settings_now() -> tuple[str | None, str | None]:
+def test_entering_is_one_statement_that_verifies_the_principal_and_reads_its_role(
+    acme: World,
+) -> None:
+    def context_now() -> tuple[str | None, str | None]:
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT current_setting('app.current_tenant', true), "
-                "current_setting('app.current_user', true)"
+                "SELECT public.playbook_context_tenant()::text, "
+                "current_setting('playbook.context', true)"
             )
             return cursor.fetchone()
 
@@ -230,6 +233,15 @@ def test_tenant_and_user_settings_are_set_in_one_statement_and_both_cleared(acme
             CaptureQueriesContext(connection) as queries,
             tenant_context(acme.tenant, user_id=acme.owner.pk),
         ):
-            assert settings_now() == (str(acme.tenant.id), str(acme.owner.pk))
-        assert len([q for q in queries if "set_config" in q["sql"]]) == 2  # entering, leaving
-        assert settings_now() == ("", "")
+            tenant, bound = context_now()
+            assert tenant == str(acme.tenant.id)
+            assert f"|user|{acme.owner.pk}|" in bound
+            assert current_role() == "owner"
+            # The role came with the entry: asking for it costs no query.
+            before = len(queries)
+            assert role_in_current_tenant(acme.owner) == "owner"
+            assert len(queries) == before
+        entries = [q for q in queries if "playbook_enter" in q["sql"]]
+        assert len(entries) == 1
+        assert "'<context>'" in entries[0]["sql"]  # sent as a bind parameter
+        assert context_now() == (None, "")

@@ -199,7 +199,7 @@ class Migration(migrations.Migration):
                 fields=("tenant", "user"), name="accounts_membership_one_per_user"
             ),
         ),
-        tenants.migration_ops.EnableTenantRLS("membership", support_access=False),
+        tenants.migration_ops.LegacyTenantRLS("membership", support_access=False),
         tenants.migration_ops.SameTenantForeignKey("membership", "user"),
         # A user's tenant is set once (from the identity provider's claim) and never changes.
         migrations.RunSQL(

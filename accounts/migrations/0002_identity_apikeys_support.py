@@ -178,12 +178,12 @@ class Migration(migrations.Migration):
                 fields=("tenant", "id"), name="accounts_supportsession_tenant_id_id_key"
             ),
         ),
-        tenants.migration_ops.EnableTenantRLS("apikey"),
+        tenants.migration_ops.LegacyTenantRLS("apikey"),
         tenants.migration_ops.SameTenantForeignKey("apikey", "created_by"),
-        tenants.migration_ops.EnableSupportAccess("membership"),
+        tenants.migration_ops.LegacySupportAccess("membership"),
         # Support sessions: tenant admins read their own; the support function reads the one
         # named by app.support_session. No support policy here (it would recurse).
-        tenants.migration_ops.EnableTenantRLS("supportsession", support_access=False),
+        tenants.migration_ops.LegacyTenantRLS("supportsession", support_access=False),
         migrations.RunSQL(
             sql="""
             CREATE POLICY support_session_self ON accounts_supportsession

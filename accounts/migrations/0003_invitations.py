@@ -100,7 +100,7 @@ class Migration(migrations.Migration):
                 ("all_tenants", django.db.models.manager.Manager()),
             ],
         ),
-        tenants.migration_ops.EnableTenantRLS("invitation"),
+        tenants.migration_ops.LegacyTenantRLS("invitation"),
         tenants.migration_ops.SameTenantForeignKey("invitation", "invited_by"),
         tenants.migration_ops.SameTenantForeignKey("invitation", "accepted_by"),
     ]

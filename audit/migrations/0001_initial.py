@@ -72,5 +72,5 @@ class Migration(migrations.Migration):
                 ("all_tenants", django.db.models.manager.Manager()),
             ],
         ),
-        tenants.migration_ops.EnableTenantRLS("auditevent"),
+        tenants.migration_ops.LegacyTenantRLS("auditevent"),
     ]

@@ -332,6 +332,6 @@ class Migration(migrations.Migration):
                 ("all_tenants", django.db.models.manager.Manager()),
             ],
         ),
-        tenants.migration_ops.EnableTenantRLS("auditcheckpoint"),
+        tenants.migration_ops.LegacyTenantRLS("auditcheckpoint"),
         migrations.RunPython(restrict_runtime_role, migrations.RunPython.noop),
     ]

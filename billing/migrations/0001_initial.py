@@ -94,7 +94,7 @@ class Migration(migrations.Migration):
                 ("all_tenants", django.db.models.manager.Manager()),
             ],
         ),
-        tenants.migration_ops.EnableTenantRLS("usageevent"),
+        tenants.migration_ops.LegacyTenantRLS("usageevent"),
         tenants.migration_ops.SameTenantForeignKey("usageevent", "user"),
         tenants.migration_ops.SameTenantForeignKey("usageevent", "agent_run"),
     ]

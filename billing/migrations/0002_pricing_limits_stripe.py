@@ -233,8 +233,8 @@ class Migration(migrations.Migration):
                 ("all_tenants", django.db.models.manager.Manager()),
             ],
         ),
-        tenants.migration_ops.EnableTenantRLS("stripecustomer"),
-        tenants.migration_ops.EnableTenantRLS("meterevent"),
+        tenants.migration_ops.LegacyTenantRLS("stripecustomer"),
+        tenants.migration_ops.LegacyTenantRLS("meterevent"),
         tenants.migration_ops.SameTenantForeignKey("meterevent", "usage_event"),
         migrations.RunPython(seed_prices_and_limits, migrations.RunPython.noop),
     ]

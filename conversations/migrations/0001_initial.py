@@ -156,8 +156,8 @@ class Migration(migrations.Migration):
                 fields=("tenant", "id"), name="conversations_message_tenant_id_id_key"
             ),
         ),
-        tenants.migration_ops.EnableTenantRLS("conversation", support_access=False),
-        tenants.migration_ops.EnableTenantRLS("message", support_access=False),
+        tenants.migration_ops.LegacyTenantRLS("conversation", support_access=False),
+        tenants.migration_ops.LegacyTenantRLS("message", support_access=False),
         tenants.migration_ops.SameTenantForeignKey("conversation", "client"),
         tenants.migration_ops.SameTenantForeignKey("message", "conversation"),
         tenants.migration_ops.SameTenantForeignKey("message", "author"),

@@ -10,6 +10,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        tenants.migration_ops.EnableSupportAccess("conversation"),
-        tenants.migration_ops.EnableSupportAccess("message"),
+        tenants.migration_ops.LegacySupportAccess("conversation"),
+        tenants.migration_ops.LegacySupportAccess("message"),
     ]

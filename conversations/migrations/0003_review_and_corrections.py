@@ -142,7 +142,7 @@ class Migration(migrations.Migration):
                 fields=("tenant", "id"), name="conversations_correction_tenant_id_id_key"
             ),
         ),
-        tenants.migration_ops.EnableTenantRLS("correction"),
+        tenants.migration_ops.LegacyTenantRLS("correction"),
         tenants.migration_ops.SameTenantForeignKey("correction", "message"),
         tenants.migration_ops.SameTenantForeignKey("correction", "created_by"),
         tenants.migration_ops.SameTenantForeignKey("message", "reviewed_by"),

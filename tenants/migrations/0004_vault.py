@@ -132,7 +132,7 @@ class Migration(migrations.Migration):
                 ("all_tenants", django.db.models.manager.Manager()),
             ],
         ),
-        tenants.migration_ops.EnableTenantRLS("tenantdatakey"),
-        tenants.migration_ops.EnableTenantRLS("credential"),
+        tenants.migration_ops.LegacyTenantRLS("tenantdatakey"),
+        tenants.migration_ops.LegacyTenantRLS("credential"),
         tenants.migration_ops.SameTenantForeignKey("credential", "created_by"),
     ]

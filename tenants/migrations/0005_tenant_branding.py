@@ -5,25 +5,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('tenants', '0004_vault'),
+        ("tenants", "0004_vault"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='tenant',
-            name='brand_color',
-            field=models.CharField(default='#3b5bdb', max_length=7, validators=[django.core.validators.RegexValidator('^#[0-9a-fA-F]{6}$', 'A colour like #3b5bdb.')]),
+            model_name="tenant",
+            name="brand_color",
+            field=models.CharField(
+                default="#3b5bdb",
+                max_length=7,
+                validators=[
+                    django.core.validators.RegexValidator(
+                        "^#[0-9a-fA-F]{6}$", "A colour like #3b5bdb."
+                    )
+                ],
+            ),
         ),
         migrations.AddField(
-            model_name='tenant',
-            name='logo',
+            model_name="tenant",
+            name="logo",
             field=models.BinaryField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='tenant',
-            name='logo_updated_at',
+            model_name="tenant",
+            name="logo_updated_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
     ]

@@ -1,0 +1,18 @@
+"""Move this app's tables to the one verified-context policy (tenants migration 0006)."""
+
+from django.db import migrations
+
+import tenants.migration_ops
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("billing", "0002_pricing_limits_stripe"),
+        ("tenants", "0006_verified_context"),
+    ]
+
+    operations = [
+        tenants.migration_ops.EnableTenantRLS("usageevent"),
+        tenants.migration_ops.EnableTenantRLS("stripecustomer"),
+        tenants.migration_ops.EnableTenantRLS("meterevent"),
+    ]
