@@ -12,4 +12,6 @@ application = get_wsgi_application()
 
 from tenants.checks import assert_tenant_boundary  # noqa: E402
 
+# Raised in a gunicorn worker, the refusal fails its boot: the arbiter logs it and exits
+# with status 3 ("Worker failed to boot"), so no --preload or hook is needed.
 assert_tenant_boundary()

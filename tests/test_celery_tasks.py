@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -22,8 +23,10 @@ from tests.factories import build_world
 BASE_DIR = Path(settings.BASE_DIR)
 
 
-def database_url(alias: str) -> str:
-    cfg = connections[alias].settings_dict
+def database_url(alias: str, **overrides: Any) -> str:
+    """The alias's connection as a DATABASE_URL for a child process (some settings overridden,
+    e.g. USER and PASSWORD)."""
+    cfg = {**connections[alias].settings_dict, **overrides}
     host = cfg["HOST"] or cfg.get("OPTIONS", {}).get("host", "")
     netloc = f"{quote(cfg['USER'])}:{quote(cfg['PASSWORD'] or '', safe='')}@"
     if host.startswith("/"):

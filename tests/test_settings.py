@@ -110,6 +110,40 @@ def test_production_settings_pass_the_deploy_checks(tmp_path: Path) -> None:
     assert "System check identified no issues" in result.stdout
 
 
+@pytest.mark.parametrize("dev_idp", ["1", "on"])
+def test_production_refuses_the_development_identity_provider(tmp_path: Path, dev_idp: str) -> None:
+    # The local provider's sign-up page (/idp/signup/) lets anyone pick their organisation
+    # and role, and the app trusts what it asserts.
+    command = [sys.executable, "-c", "import django; django.setup(); print('ok')"]
+    issuer = {"OIDC_ISSUER": "https://login.example.org/realms/pb"}
+    refused = subprocess.run(
+        command,
+        env=production_env(tmp_path, DEV_IDP=dev_idp, **issuer),
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "ImproperlyConfigured: DEV_IDP must be off when PLAYBOOK_ENV=production." in (
+        refused.stderr
+    )
+    assert refused.stdout == ""
+    # The same environment without it starts.
+    started = subprocess.run(
+        command,
+        env=production_env(tmp_path, DEV_IDP="0", **issuer),
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "ok"
+
+
 def test_production_security_settings(tmp_path: Path) -> None:
     code = (
         "import json, django; django.setup(); from django.conf import settings as s; "
