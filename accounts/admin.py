@@ -1,7 +1,9 @@
 """The support admin: platform staff only, TOTP required, tenant data only in a support session.
 
 - Every page needs a verified TOTP device (django-otp's OTPAdminSite), superusers included.
-  Staff without a device enrol at /admin/enroll/ (password, then scan, then one code).
+  Staff without a device enrol at /admin/enroll/ (password, then scan, then one code), then
+  generate single-use backup codes there (accounts/backup_codes.py), which the login's OTP
+  step accepts in place of the app's code ("Backup codes" device).
 - Without an open support session the tenant tables show zero rows: the admin reads them
   through the `all_tenants` manager, and row-level security admits nothing.
 - With a session, the database admits exactly that tenant's rows until the session ends or
@@ -29,12 +31,15 @@ from django.shortcuts import render
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django_otp import login as otp_login
-from django_otp.admin import OTPAdminSite
+from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
+from django_otp.models import Device
+from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts import support
+from accounts import backup_codes, support
 from accounts.models import ApiKey, Membership, SupportSession, User
 from audit.actions import record_audit_event
 from audit.models import AuditEvent
@@ -43,10 +48,33 @@ from tenants.context import Principal, current_support_session_id, tenant_contex
 from tenants.models import Credential, Tenant
 
 
+class SupportLoginForm(OTPAdminAuthenticationForm):
+    """django-otp's admin login; a backup code is digested before its device compares it
+    (the database holds digests only) and every use or refusal is logged."""
+
+    def _verify_token(self, user: User, token: str, device: Device | None = None) -> Device:
+        if not isinstance(device, StaticDevice):
+            return super()._verify_token(user, token, device)
+        try:
+            verified = super()._verify_token(user, backup_codes.backup_code_digest(token), device)
+        except ValidationError:
+            backup_codes.record_backup_code_refused(user)
+            raise
+        left = backup_codes.record_backup_code_used(user)
+        if left < backup_codes.LOW_WATER:
+            messages.warning(
+                self.request,
+                f"{left} backup code{'s' if left != 1 else ''} left: generate a new set with "
+                "the Backup codes link at the top.",
+            )
+        return verified
+
+
 class SupportAdminSite(OTPAdminSite):
     site_header = "Playbook support"
     site_title = "Playbook support"
     index_title = "Support"
+    login_form = SupportLoginForm
 
     def has_permission(self, request: HttpRequest) -> bool:
         # Staff of the platform only (never a tenant's user), with a verified second factor.
@@ -112,6 +140,9 @@ class SupportAdminSite(OTPAdminSite):
     # ---------------------------------------------------------------- TOTP enrolment
 
     def enroll_view(self, request: HttpRequest) -> HttpResponse:
+        if self.has_permission(request):
+            # Enrolled and verified: the page offers backup codes.
+            return self.backup_codes_view(request)
         user_id = request.session.get("otp_enroll_user")
         user = User.objects.filter(pk=user_id).first() if user_id else None
         if user is None:
@@ -143,8 +174,11 @@ class SupportAdminSite(OTPAdminSite):
                 del request.session["otp_enroll_user"]
                 login(request, user, backend="django.contrib.auth.backends.ModelBackend")
                 otp_login(request, device)
-                messages.success(request, "Two-factor authentication is set up.")
-                return HttpResponseRedirect(reverse("admin:index"))
+                messages.success(
+                    request,
+                    "Two-factor authentication is set up. Now keep a set of backup codes.",
+                )
+                return HttpResponseRedirect(reverse("admin:otp_enroll"))
             token_form.add_error("token", "That code is not valid; try the current one.")
         return render(
             request,
@@ -157,6 +191,23 @@ class SupportAdminSite(OTPAdminSite):
                 "site_header": self.site_header,
             },
         )
+
+    def backup_codes_view(self, request: HttpRequest) -> HttpResponse:
+        """Generate a set of backup codes (replacing any earlier set) and show it, once."""
+        staff: User = request.user  # type: ignore[assignment]
+        codes: list[str] = []
+        if request.method == "POST":
+            codes = backup_codes.regenerate_backup_codes(staff=staff)
+        context = {
+            **self.each_context(request),
+            "title": "Backup codes",
+            "codes": codes,
+            "remaining": backup_codes.remaining_backup_codes(staff),
+            "codes_per_set": backup_codes.CODES_PER_SET,
+        }
+        response = TemplateResponse(request, "admin/backup_codes.html", context)
+        add_never_cache_headers(response)  # the codes must not be kept by any cache
+        return response
 
 
 def qr_svg(data: str) -> str:

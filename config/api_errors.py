@@ -10,6 +10,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -32,18 +34,28 @@ _CODES: dict[type[Exception], str] = {
 }
 
 
+def _raised_from(exc: BaseException | None, kinds: tuple[type[BaseException], ...]) -> bool:
+    """The error, or one it was raised while handling, is one of `kinds`."""
+    for _ in range(10):
+        if exc is None:
+            return False
+        if isinstance(exc, kinds):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def database_unavailable(exc: BaseException | None) -> bool:
     """The error, or one it was raised while handling, says the database could not be reached
     or the connection broke (a restart, a failover): a moment's outage, not a bug."""
     from django.db import InterfaceError, OperationalError
 
-    for _ in range(10):
-        if exc is None:
-            return False
-        if isinstance(exc, OperationalError | InterfaceError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return _raised_from(exc, (OperationalError, InterfaceError))
+
+
+def redis_unavailable(exc: BaseException | None) -> bool:
+    """The same for Redis (sessions, the cache): it could not be reached or timed out."""
+    return _raised_from(exc, (RedisConnectionError, RedisTimeoutError))
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -96,6 +96,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI from our own static files (CSP: no CDN)
     "django_otp",
     "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",  # staff backup codes (accounts/backup_codes.py)
     "mozilla_django_oidc",
     "django_htmx",
 ]
@@ -202,14 +203,26 @@ if not REDIS_URL:
 LIMITER_REDIS_URL = env.str("LIMITER_REDIS_URL", default=REDIS_URL)
 LIMITER_MAX_CONNECTIONS = env.int("LIMITER_MAX_CONNECTIONS", default=50)
 
+# Sessions live in Redis, never in the database (README, "Sessions"): whoever can run SQL as
+# the app's role finds no session to replay. Their own alias and key prefix, so they never
+# mix with cache keys; SESSION_REDIS_URL puts them on another database number or server.
+SESSION_REDIS_URL = env.str("SESSION_REDIS_URL", default=REDIS_URL)
+
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "playbook",
         "TIMEOUT": 300,
-    }
+    },
+    "sessions": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": SESSION_REDIS_URL,
+        "KEY_PREFIX": "playbook-session",
+    },
 }
+SESSION_ENGINE = "accounts.sessions"
+SESSION_CACHE_ALIAS = "sessions"
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from django.core.cache import cache
+from django.core.cache import caches
 from django.db import connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -15,7 +15,12 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from accounts.roles import CLIENT, TEAM
-from config.api_errors import NOT_FOUND_MESSAGE, database_unavailable, error_body
+from config.api_errors import (
+    NOT_FOUND_MESSAGE,
+    database_unavailable,
+    error_body,
+    redis_unavailable,
+)
 from tenants.branding import request_role
 from tenants.checks import runtime_role_problems
 
@@ -76,8 +81,10 @@ DATABASE_RETRY_AFTER = 5
 
 def server_error(request: HttpRequest) -> HttpResponse:
     # Django calls this while handling the exception, so it is still the current one.
-    if database_unavailable(sys.exc_info()[1]):
-        # Nothing was saved: the request's transaction never committed.
+    exc = sys.exc_info()[1]
+    if database_unavailable(exc) or redis_unavailable(exc):
+        # Nothing was saved: the request's transaction never committed. (Redis holds the
+        # sessions: without it nobody can be recognised.)
         if _is_api(request):
             response: HttpResponse = JsonResponse(
                 error_body(
@@ -148,11 +155,15 @@ def _database_checks() -> dict[str, str]:
 
 
 def _redis_check() -> str:
-    try:
-        cache.set("readyz", "1", timeout=5)
-        return "ok" if cache.get("readyz") == "1" else "unavailable"
-    except Exception as exc:
-        return f"unavailable ({type(exc).__name__})"
+    """The cache's Redis and the sessions' (SESSION_REDIS_URL, often the same server)."""
+    for alias in ("default", "sessions"):
+        try:
+            caches[alias].set("readyz", "1", timeout=5)
+            if caches[alias].get("readyz") != "1":
+                return f"unavailable ({alias})"
+        except Exception as exc:
+            return f"unavailable ({alias}: {type(exc).__name__})"
+    return "ok"
 
 
 @transaction.non_atomic_requests

@@ -31,6 +31,7 @@ APP_LABELS = (
     "devidp",
     "oauth2_provider",
     "otp_totp",
+    "otp_static",
 )
 
 

@@ -20,12 +20,13 @@ import jwt
 import pytest
 import requests
 from django.conf import settings
-from django.contrib.sessions.backends.db import SessionStore
+from django.db import connection
 from django.test import override_settings
 from oauth2_provider.models import get_application_model
 
 from accounts import oidc
 from accounts.models import Membership, User
+from accounts.sessions import SessionStore
 from audit.actions import audit_operator
 from audit.models import AuditEvent
 from devidp.clients import ensure_web_client
@@ -129,6 +130,11 @@ def test_first_login_binds_the_tenant_from_the_signed_claim(provider: Provider) 
     assert again.get(f"{provider.url}/api/v1/me").json()["id"] == str(account.pk)
     assert User.objects.filter(oidc_subject=str(identity.subject)).count() == 1
 
+    # The sessions are in Redis: the database (as the app's role reads it) holds none.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM django_session")
+        assert cursor.fetchone() == (0,)
+
     # The session holds a real ID token, RS256-signed by the provider's published key.
     session = SessionStore(browser.cookies["sessionid"])
     id_token = session["oidc_id_token"]
@@ -195,6 +201,8 @@ def test_logout_ends_the_session_here_and_at_the_provider(provider: Provider) ->
     assert sign_in(browser, provider, acme.client.username).status_code == 302
     assert browser.get(f"{provider.url}/api/v1/me").status_code == 200
 
+    session_key = str(browser.cookies["sessionid"])
+    assert SessionStore().exists(session_key)
     home = browser.get(f"{provider.url}/")
     bye = browser.post(
         f"{provider.url}/logout/",
@@ -207,6 +215,7 @@ def test_logout_ends_the_session_here_and_at_the_provider(provider: Provider) ->
     assert end_session.startswith(f"{provider.issuer}/logout/")
     assert "id_token_hint=" in end_session
     assert browser.get(f"{provider.url}/api/v1/me").status_code == 401
+    assert not SessionStore().exists(session_key)  # gone from Redis, not merely forgotten
 
     back = browser.get(end_session, allow_redirects=False)
     assert back.status_code == 302

@@ -233,10 +233,11 @@ def test_readyz_ok(fresh_readyz: None) -> None:
 @pytest.mark.django_db
 def test_readyz_redis_down() -> None:
     unreachable = {
-        "default": {
+        alias: {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": "redis://127.0.0.1:1/0",
         }
+        for alias in ("default", "sessions")
     }
     with override_settings(CACHES=unreachable):  # resets the cache handlers
         status, body = readyz()

@@ -219,7 +219,7 @@ def test_enrolment_confirms_a_device_and_logs_in_verified(staff: User) -> None:
     # The code an authenticator app computes from the key shown on the page.
     done = client.post("/admin/enroll/", {"token": token_for(device, key)})
     assert done.status_code == 302
-    assert done["Location"] == "/admin/"
+    assert done["Location"] == "/admin/enroll/"  # next: backup codes (test_staff_backup_codes)
     device.refresh_from_db()
     assert device.confirmed
     assert TOTPDevice.objects.filter(user=staff).count() == 1

@@ -289,12 +289,14 @@ class Proc:
 
 @dataclass
 class FaultStack:
-    """One PostgreSQL, a broker Redis and a limiter Redis, and the app's environment."""
+    """One PostgreSQL, a broker Redis, a limiter Redis and a sessions Redis, and the app's
+    environment."""
 
     root: Path
     postgres: Postgres
     broker: RedisServer
     limiter: RedisServer
+    sessions: RedisServer
     owner_password: str
     runtime_password: str
     hooks_dir: Path
@@ -320,6 +322,9 @@ class FaultStack:
                 "CELERY_BROKER_URL": broker,
                 "CELERY_RESULT_BACKEND": broker,
                 "LIMITER_REDIS_URL": broker if limiter_on_broker else self.limiter.url(0),
+                # Sessions on a Redis no fault touches: the signed-in worlds stay signed in
+                # through every outage and wipe (a sessions outage is a 503, tests/test_sessions).
+                "SESSION_REDIS_URL": self.sessions.url(0),
                 "CELERY_TASK_DEFAULT_QUEUE": queue,
                 "CELERY_TASK_ALWAYS_EAGER": "0",
                 "CELERY_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_TIMEOUT),
@@ -490,7 +495,7 @@ class Response:
 
 @contextlib.contextmanager
 def fault_stack() -> Iterator[FaultStack]:
-    """Start PostgreSQL and two Redis servers, provision and migrate the database."""
+    """Start PostgreSQL and three Redis servers, provision and migrate the database."""
     root = Path(tempfile.mkdtemp(prefix="playbook-faults-"))
     root.chmod(0o755)
     hooks = root / "hooks"
@@ -500,6 +505,7 @@ def fault_stack() -> Iterator[FaultStack]:
         postgres=Postgres(root / "pg"),
         broker=RedisServer(root, "redis-broker", persistent=True),
         limiter=RedisServer(root, "redis-limiter", persistent=False),
+        sessions=RedisServer(root, "redis-sessions", persistent=True),
         owner_password=secrets.token_urlsafe(18),
         runtime_password=secrets.token_urlsafe(18),
         hooks_dir=hooks,
@@ -510,6 +516,7 @@ def fault_stack() -> Iterator[FaultStack]:
         stack.postgres.start()
         stack.broker.start()
         stack.limiter.start()
+        stack.sessions.start()
         provision(
             stack.postgres.url(),
             database=DATABASE,
@@ -524,6 +531,7 @@ def fault_stack() -> Iterator[FaultStack]:
         stack.stop_processes()
         stack.broker.stop()
         stack.limiter.stop()
+        stack.sessions.stop()
         stack.postgres.stop("immediate")
         if failed or stack.keep_logs or os.environ.get("FAULTS_KEEP_LOGS"):
             print(f"\nThe fault stack's logs are kept in {root}")
