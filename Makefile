@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint typecheck install browser wrk services stop reset bench soak clean
+.PHONY: dev test lint typecheck install browser pgbouncer wrk services stop reset bench soak clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required (set PYTHON=...)"; exit 1; }
@@ -37,6 +37,11 @@ endef
 browser:
 	$(call debian_package,/usr/bin/chromium,chromium)
 
+# tests/test_pgbouncer.py runs Debian's pgbouncer, in transaction pooling mode, in front of
+# the test database.
+pgbouncer:
+	$(call debian_package,/usr/sbin/pgbouncer,pgbouncer)
+
 # The tenant-machinery benchmark (bench/machinery.py) drives the app with wrk.
 wrk:
 	$(call debian_package,wrk,wrk)
@@ -50,7 +55,7 @@ lint: install
 typecheck: install
 	$(PY) -m config.devstack run -- $(VENV)/bin/mypy .
 
-test: install browser
+test: install browser pgbouncer
 	$(VENV)/bin/ruff check .
 	$(PY) -m config.devstack run -- sh -c '$(VENV)/bin/mypy . && $(VENV)/bin/pytest $(PYTEST_ARGS)'
 
