@@ -266,7 +266,7 @@ class TenantAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         # A platform change to a tenant is written to that tenant's own log.
-        with tenant_context(obj, principal=Principal.staff(request.user.pk)):
+        with tenant_context(obj, principal=Principal.staff(int(request.user.pk or 0))):
             record_audit_event(
                 "tenant.updated" if change else "tenant.created",
                 actor=request.user,

@@ -17,7 +17,7 @@ version, a row holds the whole serialized checkpoint, channel values included.
 Threads and transactions. A synchronous `graph.invoke` calls `get_tuple` on the calling
 thread, but submits `put` and `put_writes` to a thread pool, with the caller's contextvars
 copied -- so the tenant is known there, but the pool thread has its own database connection,
-outside the caller's transaction and without its `app.current_tenant` setting. Hence:
+outside the caller's transaction and without its tenant context. Hence:
 
 - On a thread whose connection is already in a transaction (the caller's `tenant_context`),
   the saver works inside it, in a savepoint.

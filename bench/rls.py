@@ -8,11 +8,12 @@ same rows, same indexes, no RLS. Two queries of the product, for random tenants:
   ORDER BY updated_at DESC LIMIT 50;
 - a count: SELECT count(*) ... WHERE tenant_id = $1;
 
-each N times as the runtime role in a transaction with `app.current_tenant` set (what
-tenant_context does): on the real table (RLS enabled and forced, the policy adds
-`tenant_id = (SELECT current_setting(...)::uuid)`) and on the copy (no RLS). RLS and plain
-queries are interleaved in random order; the time measured is the statement (execute +
-fetch), the same set_config runs before both. Ratio = p50 RLS / p50 plain (target <= 1.10).
+each N times as the runtime role in a transaction entered as tenant_context does (a signed
+context through `playbook_enter`): on the real table (RLS enabled and forced, the policy adds
+`tenant_id = playbook_context_tenant()`, which verifies the bound context) and on the copy
+(no RLS). RLS and plain queries are interleaved in random order; the time measured is the
+statement (execute + fetch), the same entry runs before both.
+Ratio = p50 RLS / p50 plain (target <= 1.10).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from django.db import connection
 
 from bench.limiter import summary
 from bench.scratch import admin, create_tenants, scratch_database
+from tenants.context import ENTER_SQL, SYSTEM, sign_context
 
 TENANTS = 1_000
 ROWS_PER_TENANT = 1_000
@@ -92,7 +94,7 @@ def measure(tenants: list[str]) -> dict[str, list[int]]:
     with raw.cursor() as cur:
         for index, (kind, table, tenant) in enumerate(warmup + plan):
             sql = (LIST_SQL if kind == "list" else COUNT_SQL).format(table=table)
-            cur.execute("SELECT set_config('app.current_tenant', %s, true)", [tenant])
+            cur.execute(ENTER_SQL, [sign_context(tenant, SYSTEM)])
             started = time.perf_counter_ns()
             cur.execute(sql, [tenant])
             rows = cur.fetchall()

@@ -268,9 +268,83 @@ def table_problems(
     return errors
 
 
+# Owner-only: what signs and binds contexts. The runtime role may only call
+# playbook_enter (which verifies) and the policy functions.
+SIGNING_FUNCTIONS = ("playbook_app_mac(text,text)", "playbook_bind_context(text,text)")
+CONTEXT_KEY_TABLE = "playbook_context_keys"
+
+
+def function_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckMessage]:
+    """SECURITY DEFINER functions run as their owner: each must pin its search_path (or a
+    temporary object could stand in for a real one) and must not be callable by PUBLIC; the
+    signing machinery must be out of the runtime role's reach."""
+    errors: list[checks.CheckMessage] = []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT p.oid::regprocedure::text, "
+            "  coalesce(EXISTS (SELECT 1 FROM unnest(p.proconfig) c "
+            "                   WHERE starts_with(c, 'search_path=')), false), "
+            "  p.proacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(p.proacl) a "
+            "       WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') "
+            "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE p.prosecdef AND n.nspname = current_schema() ORDER BY 1"
+        )
+        for signature, pinned, public in cursor.fetchall():
+            if not pinned:
+                errors.append(
+                    checks.Error(
+                        f"SECURITY DEFINER function {signature} has no fixed search_path.",
+                        hint="Add `SET search_path = pg_catalog, pg_temp` and qualify names.",
+                        id="tenants.E050",
+                    )
+                )
+            if public:
+                errors.append(
+                    checks.Error(
+                        f"PUBLIC may execute the SECURITY DEFINER function {signature}.",
+                        hint=f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC;",
+                        id="tenants.E051",
+                    )
+                )
+        for signature in SIGNING_FUNCTIONS:
+            cursor.execute(
+                "SELECT to_regprocedure(%s) IS NOT NULL AND "
+                "has_function_privilege(current_user, %s, 'EXECUTE')",
+                [signature, signature],
+            )
+            if cursor.fetchone()[0]:
+                errors.append(
+                    checks.Error(
+                        f"The runtime role may execute {signature}: it could sign or bind a "
+                        "tenant context of its choosing.",
+                        hint=f"REVOKE ALL ON FUNCTION {signature} FROM <runtime role>;",
+                        id="tenants.E052",
+                    )
+                )
+        cursor.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege(current_user, %s, "
+            "'SELECT, INSERT, UPDATE, DELETE')",
+            [CONTEXT_KEY_TABLE, CONTEXT_KEY_TABLE],
+        )
+        if cursor.fetchone()[0]:
+            errors.append(
+                checks.Error(
+                    f"The runtime role may read or write {CONTEXT_KEY_TABLE}, the tenant-context "
+                    "signing keys.",
+                    hint=f"REVOKE ALL ON {CONTEXT_KEY_TABLE} FROM <runtime role>;",
+                    id="tenants.E053",
+                )
+            )
+    return errors
+
+
 def tenant_boundary_problems(alias: str = "default") -> list[checks.CheckMessage]:
     connection = connections[alias]
-    return runtime_role_problems(connection) + table_problems(connection)
+    return (
+        runtime_role_problems(connection)
+        + table_problems(connection)
+        + function_problems(connection)
+    )
 
 
 @checks.register(checks.Tags.database)

@@ -173,7 +173,7 @@ def _enter(using: str, tenant_id: uuid.UUID, principal: Principal) -> str | None
     connection = connections[using]
     connection.ensure_connection()
     token = sign_context(tenant_id, principal)
-    with connection.wrap_database_errors, connection.connection.cursor() as cursor:  # type: ignore[union-attr]
+    with connection.wrap_database_errors, connection.connection.cursor() as cursor:
         cursor.execute(ENTER_SQL, [token])
         row = cursor.fetchone()
     if connection.queries_logged:

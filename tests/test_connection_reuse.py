@@ -30,7 +30,7 @@ def backend_state() -> tuple[int, int, str | None]:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_backend_pid(), (SELECT count(*) FROM conversations_conversation), "
-            "current_setting('app.current_tenant', true)"
+            "current_setting('playbook.context', true)"
         )
         return cursor.fetchone()
 

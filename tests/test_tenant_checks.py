@@ -16,13 +16,15 @@ from django.db import connections, models
 from django.db.backends.postgresql.base import DatabaseWrapper
 from django.test.utils import isolate_apps
 
+from conversations.models import Message
 from tenants.checks import (
     check_tenant_model_shape,
+    function_problems,
     runtime_role_problems,
     table_problems,
     tenant_boundary_problems,
 )
-from tenants.migration_ops import EnableTenantRLS
+from tenants.migration_ops import EnableTenantRLS, same_tenant_constraint_name
 from tenants.models import TenantScopedModel
 
 
@@ -183,3 +185,63 @@ def test_check_command_fails_loudly_on_a_bad_role(monkeypatch: pytest.MonkeyPatc
     )
     with pytest.raises(SystemCheckError, match=r"tenants\.E011"):
         call_command("check", databases=["default"])
+
+
+@pytest.mark.django_db
+def test_the_signing_machinery_granted_back_fails_the_check(
+    owner_sql: Callable[..., Any],
+) -> None:
+    runtime = connections["default"].settings_dict["USER"]
+    assert function_problems(connections["default"]) == []
+    grants = [
+        ("GRANT EXECUTE ON FUNCTION playbook_app_mac(text, text) TO {r}", "tenants.E052"),
+        ("GRANT EXECUTE ON FUNCTION playbook_bind_context(text, text) TO {r}", "tenants.E052"),
+        ("GRANT SELECT ON playbook_context_keys TO {r}", "tenants.E053"),
+        ("GRANT EXECUTE ON FUNCTION playbook_enter(text) TO PUBLIC", "tenants.E051"),
+        ("ALTER FUNCTION playbook_context_tenant() RESET search_path", "tenants.E050"),
+    ]
+    revokes = [
+        "REVOKE EXECUTE ON FUNCTION playbook_app_mac(text, text) FROM {r}",
+        "REVOKE EXECUTE ON FUNCTION playbook_bind_context(text, text) FROM {r}",
+        "REVOKE SELECT ON playbook_context_keys FROM {r}",
+        "REVOKE EXECUTE ON FUNCTION playbook_enter(text) FROM PUBLIC",
+        "ALTER FUNCTION playbook_context_tenant() SET search_path = pg_catalog, pg_temp",
+    ]
+    try:
+        for statement, code in grants:
+            owner_sql(statement.format(r=runtime))
+            assert code in ids(function_problems(connections["default"])), statement
+    finally:
+        for statement in revokes:
+            owner_sql(statement.format(r=runtime))
+    assert function_problems(connections["default"]) == []
+
+
+@pytest.mark.django_db
+def test_truncate_granted_back_fails_the_check(owner_sql: Callable[..., Any]) -> None:
+    runtime = connections["default"].settings_dict["USER"]
+    owner_sql(f"GRANT TRUNCATE ON conversations_message TO {runtime}")
+    try:
+        problems = table_problems(connections["default"], [Message])
+        assert ids(problems) == {"tenants.E013"}
+    finally:
+        owner_sql(f"REVOKE TRUNCATE ON conversations_message FROM {runtime}")
+    assert table_problems(connections["default"], [Message]) == []
+
+
+@pytest.mark.django_db
+def test_a_plain_foreign_key_between_tenant_tables_fails_the_check(
+    owner_sql: Callable[..., Any],
+) -> None:
+    constraint = same_tenant_constraint_name("conversations_message", "conversation_id")
+    owner_sql(f"ALTER TABLE conversations_message DROP CONSTRAINT {constraint}")
+    try:
+        problems = table_problems(connections["default"], [Message])
+        assert ids(problems) == {"tenants.E030"}
+        assert "SameTenantForeignKey('Message', 'conversation')" in str(problems[0].hint)
+    finally:
+        owner_sql(
+            f"ALTER TABLE conversations_message ADD CONSTRAINT {constraint} FOREIGN KEY "
+            "(tenant_id, conversation_id) REFERENCES conversations_conversation (tenant_id, id)"
+        )
+    assert table_problems(connections["default"], [Message]) == []
