@@ -44,7 +44,12 @@ from accounts.models import ApiKey, Membership, SupportSession, User
 from audit.actions import record_audit_event
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
-from tenants.context import Principal, current_support_session_id, tenant_context
+from tenants.context import (
+    Principal,
+    current_support_session_id,
+    platform_context,
+    tenant_context,
+)
 from tenants.models import Credential, Tenant
 
 
@@ -264,7 +269,8 @@ class TenantAdmin(admin.ModelAdmin):
     readonly_fields = ["id", "created_at", "updated_at"]
 
     def save_model(self, request: HttpRequest, obj: Tenant, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
+        with platform_context(int(request.user.pk or 0)):
+            super().save_model(request, obj, form, change)
         # A platform change to a tenant is written to that tenant's own log.
         with tenant_context(obj, principal=Principal.staff(int(request.user.pk or 0))):
             record_audit_event(
@@ -280,6 +286,9 @@ class TenantAdmin(admin.ModelAdmin):
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return support.is_support_staff(request.user)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a tenant's data is kept; closing a tenant is a status
 
 
 @admin.register(User, site=support_admin_site)

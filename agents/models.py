@@ -9,6 +9,7 @@ nothing.
 from __future__ import annotations
 
 import uuid
+from typing import ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -31,6 +32,9 @@ class PlanEntitlement(models.Model):
 
     Not a TenantScopedModel: it is the platform's catalogue, shared by every tenant of a
     plan, and holds no customer data. A tenant's own choices live in TenantEntitlement."""
+
+    # Read by all, written only in a verified platform context (EnablePlatformRLS).
+    rls_platform: ClassVar[str] = "all"
 
     plan = models.CharField(max_length=20, choices=Tenant.Plan.choices)
     kind = models.CharField(max_length=20, choices=EntitlementKind.choices)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import ClassVar
 
 from django.conf import settings
 from django.db import models
@@ -53,6 +54,9 @@ class ModelPrice(models.Model):
     Not a TenantScopedModel: the platform's price list, the same for every tenant; it holds
     no customer data."""
 
+    # Read by all, written only in a verified platform context (EnablePlatformRLS).
+    rls_platform: ClassVar[str] = "all"
+
     name = models.CharField(max_length=100, unique=True, help_text="Model name, or tool:<name>.")
     input_per_million = models.BigIntegerField(default=0, help_text="Micro-dollars per 1M tokens.")
     output_per_million = models.BigIntegerField(default=0, help_text="Micro-dollars per 1M tokens.")
@@ -77,6 +81,9 @@ class PlanLimit(models.Model):
     """Rate limits and monthly spend caps per plan (platform data). 0 means unlimited.
 
     Not a TenantScopedModel: one row per plan, shared by its tenants; no customer data."""
+
+    # Read by all, written only in a verified platform context (EnablePlatformRLS).
+    rls_platform: ClassVar[str] = "all"
 
     plan = models.CharField(max_length=20, choices=Tenant.Plan.choices, unique=True)
     requests_per_minute = models.PositiveIntegerField(default=60, help_text="Per tenant.")

@@ -18,8 +18,10 @@ from django.db import DatabaseError, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from tenants.migration_ops import (
+    PLATFORM_FUNCTION,
     POLICY_NAME,
     TENANT_PREDICATE,
+    platform_policies,
     read_predicate,
     same_tenant_constraint_name,
 )
@@ -156,6 +158,45 @@ def runtime_role_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckM
                 f"The runtime database role {rolname!r} has BYPASSRLS.",
                 hint=f"ALTER ROLE {rolname} NOBYPASSRLS;",
                 id="tenants.E011",
+            )
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT has_database_privilege(current_user, current_database(), 'TEMPORARY'), "
+            "coalesce((SELECT 'search_path=public, pg_temp' = ANY(s.setconfig) "
+            "  FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+            "  WHERE s.setrole = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+            "    AND d.datname = current_database()), false), "
+            "coalesce((SELECT has_table_privilege(current_user, c.oid, "
+            "  'SELECT, INSERT, UPDATE, DELETE') FROM pg_class c JOIN pg_namespace n "
+            "  ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
+            "  AND c.relname = 'django_session'), false)"
+        )
+        temporary, pinned, sessions = cursor.fetchone()
+    if temporary:
+        errors.append(
+            checks.Error(
+                f"The runtime role {rolname!r} may create temporary tables, which can shadow "
+                "real tables in unqualified SQL.",
+                hint=f"REVOKE TEMPORARY ON DATABASE <db> FROM {rolname}; and from PUBLIC.",
+                id="tenants.E014",
+            )
+        )
+    if not pinned:
+        errors.append(
+            checks.Error(
+                f"The runtime role {rolname!r} has no pinned search_path.",
+                hint=f"ALTER ROLE {rolname} IN DATABASE <db> SET search_path = public, pg_temp;",
+                id="tenants.E015",
+            )
+        )
+    if sessions:
+        errors.append(
+            checks.Error(
+                f"The runtime role {rolname!r} may read or write django_session; sessions live "
+                "in Redis and a session row would let SQL replay someone's login.",
+                hint=f"REVOKE ALL ON django_session FROM {rolname};",
+                id="tenants.E016",
             )
         )
     return errors
@@ -338,12 +379,65 @@ def function_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckMessa
     return errors
 
 
+def platform_models() -> list[type[models.Model]]:
+    return [model for model in apps.get_models() if getattr(model, "rls_platform", "")]
+
+
+def platform_table_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckMessage]:
+    """Platform tables (tenants, plans, prices, entitlements): readable by all, written only in
+    a verified platform context (tenants.migration_ops.EnablePlatformRLS)."""
+    errors: list[checks.CheckMessage] = []
+    with connection.cursor() as cursor:
+        for model in platform_models():
+            table = model._meta.db_table
+            cursor.execute(
+                "SELECT c.relrowsecurity FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE c.relname = %s AND n.nspname = current_schema()",
+                [table],
+            )
+            row = cursor.fetchone()
+            if row is None:
+                continue
+            cursor.execute(
+                "SELECT policyname, permissive, cmd, coalesce(qual, ''), "
+                "coalesce(with_check, '') FROM pg_policies "
+                "WHERE schemaname = current_schema() AND tablename = %s",
+                [table],
+            )
+            found = {name: rest for name, *rest in cursor.fetchall()}
+            expected = platform_policies(getattr(model, "rls_platform", "") == "tenant_self_update")
+            wrong = not row[0] or set(found) != set(expected)
+            for name, (command, using, check) in expected.items():
+                permissive, cmd, qual, with_check = found.get(name, ("", "", "", ""))
+                if (permissive, cmd) != ("PERMISSIVE", command):
+                    wrong = True
+                for wanted, actual in ((using, qual), (check, with_check)):
+                    if wanted and PLATFORM_FUNCTION not in wanted and wanted != "true":
+                        continue
+                    if wanted and PLATFORM_FUNCTION in wanted and PLATFORM_FUNCTION not in actual:
+                        wrong = True
+                    if wanted == "true" and actual != "true":
+                        wrong = True
+            if wrong:
+                errors.append(
+                    checks.Error(
+                        f"Platform table {table} is not written only in a verified platform "
+                        f"context (row-level security and the policies {sorted(expected)}).",
+                        hint=f"Use tenants.migration_ops.EnablePlatformRLS({model.__name__!r}).",
+                        obj=model,
+                        id="tenants.E060",
+                    )
+                )
+    return errors
+
+
 def tenant_boundary_problems(alias: str = "default") -> list[checks.CheckMessage]:
     connection = connections[alias]
     return (
         runtime_role_problems(connection)
         + table_problems(connection)
         + function_problems(connection)
+        + platform_table_problems(connection)
     )
 
 

@@ -43,7 +43,9 @@ CONTEXT_SETTING = "playbook.context"
 ENTER_SQL = "SELECT refusal, role FROM public.playbook_enter(%s)"
 LEAVE_SQL = "SELECT set_config('playbook.context', '', true)"
 
-PrincipalKind = Literal["user", "api_key", "support", "staff", "system", "operator"]
+PrincipalKind = Literal["user", "api_key", "support", "staff", "system", "operator", "platform"]
+# The tenant of a platform context: no tenant has it, so tenant tables show nothing.
+PLATFORM_TENANT = uuid.UUID(int=0)
 
 
 class TenantScopeError(RuntimeError):
@@ -82,6 +84,12 @@ class Principal:
     @classmethod
     def staff(cls, user_id: int) -> Principal:
         return cls("staff", str(int(user_id)))
+
+    @classmethod
+    def platform(cls, staff_id: int | None = None) -> Principal:
+        """Platform tables (tenants, plans, prices, entitlements): a staff member, or an
+        operator command when `staff_id` is None."""
+        return cls("platform", "" if staff_id is None else str(int(staff_id)))
 
 
 SYSTEM = Principal("system")
@@ -251,6 +259,32 @@ def acting_as(principal: Principal, *, using: str = DEFAULT_DB_ALIAS) -> Iterato
     with transaction.atomic(using=using):
         role = _enter(using, active.tenant_id, principal)
         token = _active.set(_Active(active.tenant_id, principal, role))
+        try:
+            yield
+        finally:
+            _active.reset(token)
+            if not connections[using].needs_rollback:
+                _enter(using, active.tenant_id, active.principal)
+
+
+@contextmanager
+def platform_context(
+    staff_id: int | None = None, *, using: str = DEFAULT_DB_ALIAS
+) -> Iterator[None]:
+    """Write platform tables (create a tenant, change its plan, edit prices and limits) as
+    `staff_id` (verified active platform staff) or, without it, as an operator command. The
+    database admits such writes only here; tenant tables show nothing inside. Inside a
+    tenant's context the block runs in a savepoint and the tenant's context is entered again
+    after it."""
+    principal = Principal.platform(staff_id)
+    active = _active.get()
+    if active is None:
+        with tenant_context(PLATFORM_TENANT, principal=principal, using=using):
+            yield
+        return
+    with transaction.atomic(using=using):
+        _enter(using, PLATFORM_TENANT, principal)
+        token = _active.set(_Active(PLATFORM_TENANT, principal, None))
         try:
             yield
         finally:

@@ -102,6 +102,85 @@ class EnableTenantRLS(migrations.operations.base.Operation):
         return (self.__class__.__qualname__, [], kwargs)
 
 
+PLATFORM_FUNCTION = "playbook_context_platform"
+PLATFORM_POLICIES = {
+    # name: (command, USING, WITH CHECK)
+    "platform_read": ("SELECT", "true", None),
+    "platform_insert": ("INSERT", None, f"{PLATFORM_FUNCTION}()"),
+    "platform_update": ("UPDATE", f"{PLATFORM_FUNCTION}()", f"{PLATFORM_FUNCTION}()"),
+    "platform_delete": ("DELETE", f"{PLATFORM_FUNCTION}()", None),
+}
+# A tenant may update its own row (branding, review policy); a trigger keeps the columns
+# only the platform changes (plan, status, slug, region) out of its reach.
+SELF_UPDATE = f"({PLATFORM_FUNCTION}() OR (id = {CONTEXT_FUNCTION}()))"
+
+
+def platform_policies(self_update: bool) -> dict[str, tuple[str, str | None, str | None]]:
+    policies = dict(PLATFORM_POLICIES)
+    if self_update:
+        policies["platform_update"] = ("UPDATE", SELF_UPDATE, SELF_UPDATE)
+    return policies
+
+
+class EnablePlatformRLS(migrations.operations.base.Operation):
+    """Row-level security on a platform table (tenants, plans, prices, entitlements): every
+    role reads it; only a verified platform context writes it. Not FORCEd: migrations (the
+    owner role) ship and change its rows.
+
+        platform_read   FOR SELECT USING (true)
+        platform_insert FOR INSERT WITH CHECK (playbook_context_platform())
+        platform_update FOR UPDATE USING/WITH CHECK (playbook_context_platform()
+                                                     [OR id = playbook_context_tenant()])
+        platform_delete FOR DELETE USING (playbook_context_platform())
+    """
+
+    reversible = True
+    reduces_to_sql = True
+
+    def __init__(self, model_name: str, tenant_self_update: bool = False) -> None:
+        self.model_name = model_name
+        self.tenant_self_update = tenant_self_update
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass
+
+    def database_forwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        q = schema_editor.quote_name
+        table = q(_table(to_state.apps, app_label, self.model_name))
+        schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        for name, (command, using, check) in platform_policies(self.tenant_self_update).items():
+            sql = f"CREATE POLICY {q(name)} ON {table} AS PERMISSIVE FOR {command} TO PUBLIC"
+            if using:
+                sql += f" USING ({using})"
+            if check:
+                sql += f" WITH CHECK ({check})"
+            schema_editor.execute(sql)
+
+    def database_backwards(
+        self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
+    ) -> None:
+        q = schema_editor.quote_name
+        table = q(_table(from_state.apps, app_label, self.model_name))
+        for name in PLATFORM_POLICIES:
+            schema_editor.execute(f"DROP POLICY IF EXISTS {q(name)} ON {table}")
+        schema_editor.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+
+    def describe(self) -> str:
+        return f"Platform row-level security on {self.model_name}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"platform_rls_{self.model_name.lower()}"
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        kwargs: dict[str, Any] = {"model_name": self.model_name}
+        if self.tenant_self_update:
+            kwargs["tenant_self_update"] = True
+        return (self.__class__.__qualname__, [], kwargs)
+
+
 class LegacyTenantRLS(migrations.operations.base.Operation):
     """History only (migrations before tenants 0006): RLS with the legacy setting-based
     policies. A later migration of every app replaces them with `EnableTenantRLS`."""

@@ -17,6 +17,9 @@ class Tenant(models.Model):
     """A consultant's business. Platform registry: readable without a tenant context
     (login needs it), so it holds no customer content."""
 
+    # Written only in a verified platform context; a tenant updates its own branding.
+    rls_platform: ClassVar[str] = "tenant_self_update"
+
     class Plan(models.TextChoices):
         STARTER = "starter", "Starter"
         PRO = "pro", "Pro"

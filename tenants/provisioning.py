@@ -89,8 +89,12 @@ def provision(
             "CREATE EXTENSION IF NOT EXISTS vector",
             "ALTER DATABASE {db} OWNER TO {owner}",
             "REVOKE ALL ON DATABASE {db} FROM PUBLIC",
-            "GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {runtime}",
+            # CONNECT only: no TEMPORARY, so no temporary table can shadow a real one.
+            "REVOKE TEMPORARY ON DATABASE {db} FROM {runtime}",
+            "GRANT CONNECT ON DATABASE {db} TO {runtime}",
             "GRANT ALL ON DATABASE {db} TO {owner}",
+            # Unqualified names never resolve to pg_temp first (the app qualifies its own).
+            "ALTER ROLE {runtime} IN DATABASE {db} SET search_path = public, pg_temp",
             "ALTER SCHEMA public OWNER TO {owner}",
             "REVOKE ALL ON SCHEMA public FROM PUBLIC",
             "GRANT USAGE ON SCHEMA public TO {runtime}",
@@ -102,8 +106,9 @@ def provision(
             "GRANT USAGE, SELECT ON SEQUENCES TO {runtime}",
             "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public "
             "REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC",
+            # Functions: nobody by default; migrations grant each the runtime role may call.
             "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA public "
-            "GRANT EXECUTE ON FUNCTIONS TO {runtime}",
+            "REVOKE EXECUTE ON FUNCTIONS FROM {runtime}",
         ]
         for statement in statements:
             cur.execute(sql.SQL(statement).format(**ids))

@@ -6,13 +6,14 @@ Actors, per tenant: an owner, a consultant and two clients, each client with a c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import factory
 
 from accounts.models import Membership, User
 from conversations import actions
 from conversations.models import Conversation
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tenants.models import Tenant
 
 
@@ -22,6 +23,13 @@ class TenantFactory(factory.django.DjangoModelFactory[Tenant]):
 
     slug = factory.Sequence(lambda n: f"tenant-{n}")
     name = factory.LazyAttribute(lambda o: o.slug.replace("-", " ").title())
+
+    @classmethod
+    def _create(cls, model_class: type[Tenant], *args: Any, **kwargs: Any) -> Tenant:
+        # Tenants are platform rows: written only in a verified platform context.
+        with platform_context():
+            tenant: Tenant = super()._create(model_class, *args, **kwargs)
+        return tenant
 
 
 class UserFactory(factory.django.DjangoModelFactory[User]):

@@ -47,7 +47,7 @@ from audit.models import AuditEvent
 from billing.models import UsageEvent
 from config.celery import app as celery_app
 from conversations.models import Correction, Message
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tenants.models import Tenant
 from tests.factories import World, build_world
 
@@ -78,10 +78,11 @@ PRICING_PASSAGE = "Never quote a price on the first call."
 
 
 def seed_plan_defaults() -> None:
-    for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
-        PlanEntitlement.objects.update_or_create(
-            plan=plan, kind=kind, name=name, defaults={"config": config}
-        )
+    with platform_context():
+        for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
+            PlanEntitlement.objects.update_or_create(
+                plan=plan, kind=kind, name=name, defaults={"config": config}
+            )
 
 
 @pytest.fixture
@@ -266,7 +267,8 @@ def decide(world: World, message_id: str, action: str, **body: str) -> Any:
 def set_policy(world: World, policy: str) -> None:
     tenant = Tenant.objects.get(id=world.tenant.id)
     tenant.review_policy = policy
-    tenant.save(update_fields=["review_policy", "updated_at"])
+    with tenant_context(tenant):  # the tenant's own setting: written in its context
+        tenant.save(update_fields=["review_policy", "updated_at"])
 
 
 def tool_messages(model: ScriptedModel, call: int) -> dict[str, ToolMessage]:
@@ -496,7 +498,8 @@ def test_the_registry_shows_plan_defaults_and_tenant_changes_take_effect_at_once
     # A plan change (Tenant.save) invalidates too: pro includes http_request.
     tenant = Tenant.objects.get(id=acme.tenant.id)
     tenant.plan = Tenant.Plan.PRO
-    tenant.save(update_fields=["plan", "updated_at"])
+    with platform_context():
+        tenant.save(update_fields=["plan", "updated_at"])
     assert "http_request" in resolved(acme).tools
 
 
@@ -508,7 +511,8 @@ def test_a_change_behind_the_caches_back_shows_after_the_ttl_or_an_invalidation(
     with override_settings(REGISTRY_CACHE_SECONDS=1):
         assert resolved(acme).tools["request_human_handoff"] == {}
         assert cache.get(key) is not None
-        assert rows.update(config={"note": "changed"}) == 1  # no signal, no invalidation
+        with platform_context():
+            assert rows.update(config={"note": "changed"}) == 1  # no signal, no invalidation
         assert resolved(acme).tools["request_human_handoff"] == {}  # still the cached copy
         time.sleep(1.2)
         assert cache.get(key) is None
@@ -516,7 +520,8 @@ def test_a_change_behind_the_caches_back_shows_after_the_ttl_or_an_invalidation(
 
     # With the default TTL, only an invalidation shows the next change.
     assert resolved(acme).tools["request_human_handoff"] == {"note": "changed"}
-    rows.update(config={"note": "again"})
+    with platform_context():
+        rows.update(config={"note": "again"})
     assert resolved(acme).tools["request_human_handoff"] == {"note": "changed"}
     registry.invalidate(acme.tenant.id)
     assert resolved(acme).tools["request_human_handoff"] == {"note": "again"}

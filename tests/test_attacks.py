@@ -24,8 +24,15 @@ from django.test import Client, override_settings
 from audit.actions import audit_operator, record_audit_event
 from audit.export import verify_tenant_log
 from audit.models import AuditEvent
+from billing.models import PlanLimit
 from conversations.models import Conversation
-from tenants.context import Principal, TenantContextRefused, sign_context, tenant_context
+from tenants.context import (
+    Principal,
+    TenantContextRefused,
+    platform_context,
+    sign_context,
+    tenant_context,
+)
 from tests.conftest import _conninfo
 from tests.factories import World, build_world
 
@@ -182,6 +189,84 @@ def test_a_deactivated_user_cannot_enter_at_the_next_request(acme: World) -> Non
         tenant_context(acme.tenant, user_id=acme.consultant.pk),
     ):
         pass
+
+
+# --------------------------------------------------------------------------- platform tables
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO public.tenants_tenant (id, slug, name, plan, region, status, "
+        "review_policy, brand_color, created_at, updated_at) VALUES (gen_random_uuid(), "
+        "'evil', 'Evil', 'enterprise', 'eu', 'active', 'auto_send', '#000000', now(), now())",
+        "UPDATE public.tenants_tenant SET plan = 'enterprise' WHERE slug = 'globex' RETURNING id",
+        "UPDATE public.tenants_tenant SET name = 'pwned' WHERE slug = 'globex' RETURNING id",
+        "DELETE FROM public.tenants_tenant WHERE slug = 'globex' RETURNING id",
+        "UPDATE public.billing_planlimit SET hard_cap_microdollars = 0 RETURNING plan",
+        "UPDATE public.billing_modelprice SET input_per_million = 0, output_per_million = 0, "
+        "per_call = 0 RETURNING name",
+        "DELETE FROM public.billing_modelprice RETURNING name",
+        "INSERT INTO public.billing_planlimit (plan, requests_per_minute, "
+        "user_requests_per_minute, tokens_per_minute, soft_cap_microdollars, "
+        "hard_cap_microdollars) VALUES ('evil', 0, 0, 0, 0, 0) RETURNING plan",
+        "UPDATE public.agents_planentitlement SET plan = 'starter' RETURNING id",
+    ],
+    ids=[
+        "create-tenant",
+        "move-other-tenant-plan",
+        "retitle-other-tenant",
+        "delete-tenant",
+        "zero-caps",
+        "zero-prices",
+        "delete-prices",
+        "add-plan",
+        "grant-entitlements",
+    ],
+)
+def test_platform_tables_refuse_writes_outside_a_verified_platform_context(
+    acme: World, globex: World, as_acme_client: None, statement: str
+) -> None:
+    for claim in ("app.platform", "playbook.context"):
+        rows("SELECT set_config(%s, 'platform', true)", [claim])
+    assert refused(statement) or rows(statement) == []
+
+
+def test_a_tenant_cannot_move_its_own_plan_but_may_brand_itself(
+    acme: World, as_acme_client: None
+) -> None:
+    assert refused(
+        "UPDATE public.tenants_tenant SET plan = 'enterprise' WHERE id = %s", [acme.tenant.id]
+    )
+    assert refused(
+        "UPDATE public.tenants_tenant SET status = 'active', slug = 'x' WHERE id = %s",
+        [acme.tenant.id],
+    )
+    assert rows(
+        "UPDATE public.tenants_tenant SET brand_color = '#123456' WHERE id = %s RETURNING id",
+        [acme.tenant.id],
+    ) == [(acme.tenant.id,)]
+
+
+def test_only_the_app_writes_platform_rows(acme: World) -> None:
+    with platform_context():
+        assert PlanLimit.objects.filter(plan="starter").update(requests_per_minute=7) == 1
+    assert PlanLimit.objects.filter(plan="starter").update(requests_per_minute=8) == 0
+    assert PlanLimit.objects.get(plan="starter").requests_per_minute == 7
+    # A platform context sees no tenant's rows.
+    with platform_context():
+        assert rows("SELECT count(*) FROM public.conversations_conversation") == [(0,)]
+
+
+def test_no_temporary_table_can_shadow_a_real_one(acme: World, as_acme_client: None) -> None:
+    assert refused("CREATE TEMP TABLE accounts_membership (user_id bigint, role text)")
+    assert refused("CREATE TABLE public.accounts_membership_shadow (id int)")
+    assert rows("SHOW search_path") == [("public, pg_temp",)]
+
+
+def test_sessions_are_not_in_the_database(as_acme_client: None) -> None:
+    assert refused("SELECT session_key, session_data FROM public.django_session")
+    assert refused("INSERT INTO public.django_session VALUES ('k', 'd', now())")
 
 
 # --------------------------------------------------------------------------- the audit log

@@ -52,7 +52,7 @@ from billing.models import ModelPrice, PlanLimit, UsageEvent
 from billing.usage import guarded_call
 from config.celery import app as celery_app
 from conversations.models import Conversation, Message
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tests.factories import World, build_world
 
 BILLING_SEED = importlib.import_module("billing.migrations.0002_pricing_limits_stripe")
@@ -85,40 +85,43 @@ def tenant_keys(world: World) -> set[str]:
 
 def set_limits(**fields: int) -> None:
     """The starter plan's limits (every test tenant is on starter)."""
-    PlanLimit.objects.update_or_create(plan="starter", defaults={**GENEROUS, **fields})
+    with platform_context():
+        PlanLimit.objects.update_or_create(plan="starter", defaults={**GENEROUS, **fields})
 
 
 def set_price(
     *, per_call: int = 0, input_per_million: int = 0, output_per_million: int = 0
 ) -> None:
-    ModelPrice.objects.update_or_create(
-        name=MODEL,
-        defaults={
-            "per_call": per_call,
-            "input_per_million": input_per_million,
-            "output_per_million": output_per_million,
-        },
-    )
+    with platform_context():
+        ModelPrice.objects.update_or_create(
+            name=MODEL,
+            defaults={
+                "per_call": per_call,
+                "input_per_million": input_per_million,
+                "output_per_million": output_per_million,
+            },
+        )
 
 
 def seed_billing_rows() -> None:
     """The prices and plan limits billing's migration ships."""
-    for name, inp, out, call in BILLING_SEED.PRICES:
-        ModelPrice.objects.update_or_create(
-            name=name,
-            defaults={"input_per_million": inp, "output_per_million": out, "per_call": call},
-        )
-    for plan, rpm, user_rpm, tpm, soft, hard in BILLING_SEED.LIMITS:
-        PlanLimit.objects.update_or_create(
-            plan=plan,
-            defaults={
-                "requests_per_minute": rpm,
-                "user_requests_per_minute": user_rpm,
-                "tokens_per_minute": tpm,
-                "soft_cap_microdollars": soft,
-                "hard_cap_microdollars": hard,
-            },
-        )
+    with platform_context():
+        for name, inp, out, call in BILLING_SEED.PRICES:
+            ModelPrice.objects.update_or_create(
+                name=name,
+                defaults={"input_per_million": inp, "output_per_million": out, "per_call": call},
+            )
+        for plan, rpm, user_rpm, tpm, soft, hard in BILLING_SEED.LIMITS:
+            PlanLimit.objects.update_or_create(
+                plan=plan,
+                defaults={
+                    "requests_per_minute": rpm,
+                    "user_requests_per_minute": user_rpm,
+                    "tokens_per_minute": tpm,
+                    "soft_cap_microdollars": soft,
+                    "hard_cap_microdollars": hard,
+                },
+            )
 
 
 def limiter_keys(world: World, user: User | None = None) -> dict[str, str]:
@@ -276,7 +279,8 @@ def billing_rows(django_db_setup: None, django_db_blocker: Any) -> Iterator[None
     yield
     with django_db_blocker.unblock():
         seed_billing_rows()
-        ModelPrice.objects.filter(name=MODEL).delete()
+        with platform_context():
+            ModelPrice.objects.filter(name=MODEL).delete()
 
 
 @pytest.fixture

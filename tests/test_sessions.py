@@ -4,12 +4,13 @@ no session to replay, staff sessions carrying a support session included.
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 import redis
 from django.conf import settings
 from django.contrib.sessions.backends.cache import KEY_PREFIX
 from django.core.cache import caches
-from django.db import connection
+from django.db import ProgrammingError, connection, transaction
 from django.test import Client, override_settings
 
 from accounts import oidc
@@ -38,11 +39,20 @@ def redis_key(session_key: str) -> str:
     return caches["sessions"].make_key(KEY_PREFIX + session_key)
 
 
-def session_rows_visible_to_the_app() -> int:
-    """What the runtime role (the app's connection) reads from django_session."""
-    with connection.cursor() as cursor:
+def session_rows_in_the_database() -> int:
+    """Rows in django_session, counted by the administrator: the app's own role may not even
+    read the table (tenants migration 0006)."""
+    with (
+        pytest.raises(ProgrammingError, match="permission denied"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute("SELECT count(*) FROM django_session")
-        return int(cursor.fetchone()[0])
+    admin = psycopg.conninfo.make_conninfo(
+        settings.DATABASE_ADMIN_URL, dbname=connection.settings_dict["NAME"]
+    )
+    with psycopg.connect(admin) as conn:
+        return int(conn.execute("SELECT count(*) FROM django_session").fetchone()[0])
 
 
 def test_a_session_is_kept_in_redis_and_carries_the_person_across_requests(acme: World) -> None:
@@ -72,7 +82,7 @@ def test_the_database_holds_no_session_after_logins(
     assert stored_session(admin_client)["support_session"]["id"] == support_id  # type: ignore[index]
     assert admin_client.get("/admin/").status_code == 200
 
-    assert session_rows_visible_to_the_app() == 0
+    assert session_rows_in_the_database() == 0
 
 
 def test_logout_removes_the_session_from_redis(acme: World) -> None:

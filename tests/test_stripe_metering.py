@@ -38,7 +38,7 @@ from billing.models import MeterEvent, ModelPrice, StripeCustomer, UsageEvent
 from billing.tasks import send_all_meter_events, send_meter_events_for_tenant
 from billing.usage import guarded_call
 from config.celery import app as celery_app
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tenants.models import Tenant
 from tests.factories import TenantFactory, build_world
 
@@ -291,11 +291,12 @@ def test_every_costly_usage_event_reaches_exactly_one_meter_event(
     fake_stripe: FakeStripe,
 ) -> None:
     acme = build_world("acme")
-    ModelPrice.objects.create(
-        name="test-model", input_per_million=2_500_000, output_per_million=10_000_000
-    )
-    ModelPrice.objects.create(name="tool:free_search", per_call=0)
-    ModelPrice.objects.create(name="tool:web_fetch", per_call=1_000)
+    with platform_context():
+        ModelPrice.objects.create(
+            name="test-model", input_per_million=2_500_000, output_per_million=10_000_000
+        )
+        ModelPrice.objects.create(name="tool:free_search", per_call=0)
+        ModelPrice.objects.create(name="tool:web_fetch", per_call=1_000)
     with tenant_context(acme.tenant):
         conversation = acme.conversations[0]
         run = AgentRun.objects.create(

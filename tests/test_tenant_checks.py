@@ -20,6 +20,7 @@ from conversations.models import Message
 from tenants.checks import (
     check_tenant_model_shape,
     function_problems,
+    platform_table_problems,
     runtime_role_problems,
     table_problems,
     tenant_boundary_problems,
@@ -245,3 +246,58 @@ def test_a_plain_foreign_key_between_tenant_tables_fails_the_check(
             "(tenant_id, conversation_id) REFERENCES conversations_conversation (tenant_id, id)"
         )
     assert table_problems(connections["default"], [Message]) == []
+
+
+@pytest.mark.django_db
+def test_temporary_search_path_and_sessions_granted_back_fail_the_check(
+    owner_sql: Callable[..., Any],
+) -> None:
+    runtime = connections["default"].settings_dict["USER"]
+    database = connections["default"].settings_dict["NAME"]
+    assert runtime_role_problems(connections["default"]) == []
+    with psycopg.connect(settings.DATABASE_ADMIN_URL, autocommit=True) as admin:
+        cases = [
+            (
+                f'GRANT TEMPORARY ON DATABASE "{database}" TO {runtime}',
+                f'REVOKE TEMPORARY ON DATABASE "{database}" FROM {runtime}',
+                "tenants.E014",
+            ),
+            (
+                f'ALTER ROLE {runtime} IN DATABASE "{database}" RESET search_path',
+                f'ALTER ROLE {runtime} IN DATABASE "{database}" '
+                "SET search_path = public, pg_temp",
+                "tenants.E015",
+            ),
+            (
+                f"GRANT SELECT ON django_session TO {runtime}",
+                f"REVOKE ALL ON django_session FROM {runtime}",
+                "tenants.E016",
+            ),
+        ]
+        for grant, revoke, code in cases:
+            # ALTER ROLE needs the administrator; the grants, the owner of the objects.
+            run = admin.execute if grant.startswith("ALTER ROLE") else owner_sql
+            run(grant)
+            try:
+                assert code in ids(runtime_role_problems(connections["default"])), grant
+            finally:
+                run(revoke)
+    assert runtime_role_problems(connections["default"]) == []
+
+
+@pytest.mark.django_db
+def test_a_platform_table_open_to_writes_fails_the_check(owner_sql: Callable[..., Any]) -> None:
+    assert platform_table_problems(connections["default"]) == []
+    owner_sql("DROP POLICY platform_update ON billing_planlimit")
+    owner_sql("CREATE POLICY platform_update ON billing_planlimit FOR UPDATE USING (true)")
+    try:
+        problems = platform_table_problems(connections["default"])
+        assert ids(problems) == {"tenants.E060"}
+        assert "billing_planlimit" in problems[0].msg
+    finally:
+        owner_sql("DROP POLICY platform_update ON billing_planlimit")
+        owner_sql(
+            "CREATE POLICY platform_update ON billing_planlimit FOR UPDATE "
+            "USING (playbook_context_platform()) WITH CHECK (playbook_context_platform())"
+        )
+    assert platform_table_problems(connections["default"]) == []

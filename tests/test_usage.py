@@ -20,7 +20,7 @@ from accounts.models import Membership, User
 from agents.models import AgentRun
 from billing.api import current_period_range
 from billing.models import PlanLimit, UsageEvent
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tests.factories import UserFactory, World, build_world
 
 pytestmark = pytest.mark.django_db
@@ -37,13 +37,14 @@ def session_client(user: User) -> Client:
 @pytest.fixture(autouse=True)
 def plan_limits() -> None:
     # Platform rows shipped by a migration; a `live_db` test elsewhere may have truncated them.
-    PlanLimit.objects.update_or_create(
-        plan="starter",
-        defaults={"soft_cap_microdollars": SOFT_CAP, "hard_cap_microdollars": HARD_CAP},
-    )
-    PlanLimit.objects.update_or_create(
-        plan="enterprise", defaults={"soft_cap_microdollars": 0, "hard_cap_microdollars": 0}
-    )
+    with platform_context():
+        PlanLimit.objects.update_or_create(
+            plan="starter",
+            defaults={"soft_cap_microdollars": SOFT_CAP, "hard_cap_microdollars": HARD_CAP},
+        )
+        PlanLimit.objects.update_or_create(
+            plan="enterprise", defaults={"soft_cap_microdollars": 0, "hard_cap_microdollars": 0}
+        )
 
 
 @dataclass
@@ -549,7 +550,8 @@ def test_a_run_halted_by_the_cap_counts_as_reached_even_a_little_below_it(acme: 
 
 
 def test_a_plan_without_caps(acme: Usage) -> None:
-    type(acme.world.tenant).objects.filter(id=acme.world.tenant.id).update(plan="enterprise")
+    with platform_context():
+        type(acme.world.tenant).objects.filter(id=acme.world.tenant.id).update(plan="enterprise")
     caps = usage(acme.world.owner)["caps"]
     assert (caps["plan"], caps["soft_microdollars"], caps["hard_microdollars"]) == (
         "enterprise",

@@ -29,7 +29,7 @@ from billing.models import PlanLimit, UsageEvent
 from config.celery import app as celery_app
 from conversations.models import Conversation, Message
 from conversations.views.chat import title_from_question
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tests.factories import World, build_world
 from tests.web import HTMX, browser, forget_redis, text
 
@@ -70,10 +70,11 @@ def eager() -> Iterator[None]:
 @pytest.fixture
 def live_acme(live_db: None, eager: None) -> Iterator[World]:
     """Committed data: the client's question runs the agent (offline responder) at once."""
-    for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
-        PlanEntitlement.objects.update_or_create(
-            plan=plan, kind=kind, name=name, defaults={"config": config}
-        )
+    with platform_context():
+        for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
+            PlanEntitlement.objects.update_or_create(
+                plan=plan, kind=kind, name=name, defaults={"config": config}
+            )
     world = build_world("acme")
     yield world
     forget_redis(world)
@@ -113,7 +114,8 @@ def message_count(world: World) -> int:
 
 
 def set_limits(**limits: int) -> None:
-    PlanLimit.objects.update_or_create(plan="starter", defaults={**GENEROUS, **limits})
+    with platform_context():
+        PlanLimit.objects.update_or_create(plan="starter", defaults={**GENEROUS, **limits})
 
 
 # --------------------------------------------------------------------------- a conversation

@@ -23,7 +23,7 @@ from django.urls import reverse
 from agents.documents import Upload, add_document
 from agents.models import Chunk, Document, PlanEntitlement
 from config.celery import app as celery_app
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tests.factories import World, build_world
 from tests.web import HTMX, audit_events, browser, forget_redis, text
 
@@ -285,10 +285,11 @@ def eager() -> Iterator[None]:
 def test_an_uploaded_document_is_ingested_and_its_row_reaches_100_percent(
     live_db: None, eager: None
 ) -> None:
-    for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
-        PlanEntitlement.objects.update_or_create(
-            plan=plan, kind=kind, name=name, defaults={"config": config}
-        )
+    with platform_context():
+        for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
+            PlanEntitlement.objects.update_or_create(
+                plan=plan, kind=kind, name=name, defaults={"config": config}
+            )
     world = build_world("acme")
     try:
         mine = connor(world)

@@ -35,7 +35,7 @@ from agents.llm import use_chat_model
 from agents.models import AgentRun, PlanEntitlement
 from config.celery import app as celery_app
 from conversations.models import Correction, Message
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tenants.templatetags.playbook_ui import ago, sources, waited
 from tests.factories import World, build_world
 from tests.web import HTMX, audit_events, browser, forget_redis, text
@@ -61,10 +61,11 @@ DRAFT_ID = re.compile(r'<li class="draft" id="draft-([0-9a-f-]{36})"')
 
 
 def seed_plan_defaults() -> None:
-    for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
-        PlanEntitlement.objects.update_or_create(
-            plan=plan, kind=kind, name=name, defaults={"config": config}
-        )
+    with platform_context():
+        for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
+            PlanEntitlement.objects.update_or_create(
+                plan=plan, kind=kind, name=name, defaults={"config": config}
+            )
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from agents import registry
 from agents.models import PlanEntitlement, TenantEntitlement
 from tenants.actions import LOGO_MAX_BYTES, set_logo
 from tenants.branding import DARK_INK, LIGHT_INK, Brand, contrast_ratio, ink_on
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tenants.models import DEFAULT_BRAND_COLOR, Tenant
 from tests.factories import World, build_world
 from tests.web import audit_events, browser, forget_redis, image_bytes, text, with_admin
@@ -38,10 +38,11 @@ PLAN_DEFAULTS = importlib.import_module("agents.migrations.0002_plan_defaults")
 @pytest.fixture(autouse=True)
 def plan_defaults() -> None:
     # Platform rows shipped by a migration (a `live_db` test elsewhere may have removed them).
-    for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
-        PlanEntitlement.objects.update_or_create(
-            plan=plan, kind=kind, name=name, defaults={"config": config}
-        )
+    with platform_context():
+        for plan, kind, name, config in PLAN_DEFAULTS.ROWS:
+            PlanEntitlement.objects.update_or_create(
+                plan=plan, kind=kind, name=name, defaults={"config": config}
+            )
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ every call (no cache: a deactivation or role change takes effect at the next req
               member active platform staff
     staff     an active platform staff member acting on the tenant's record (support
               sessions, tenant changes in the admin)
+    platform  staff (or an operator command) writing platform tables -- tenants, plans,
+              prices, entitlements -- with the nil tenant: no tenant's rows at all
     system    Celery tasks and commands: the tenant exists
     operator  audit export and verification: the tenant exists (the audit log's reader)
 
@@ -88,6 +90,17 @@ BEGIN
           FROM public.accounts_user u, public.tenants_tenant t
          WHERE u.id = v_id::bigint AND u.is_active AND u.is_staff AND u.tenant_id IS NULL
            AND t.id = v_tenant;
+    ELSIF v_kind = 'platform' THEN
+        -- Platform tables only: the nil tenant, which no tenant has.
+        IF v_tenant = '00000000-0000-0000-0000-000000000000'::uuid THEN
+            IF v_id = '' THEN
+                v_ok := true;  -- an operator command
+            ELSE
+                SELECT true INTO v_ok FROM public.accounts_user u
+                 WHERE u.id = v_id::bigint AND u.is_active AND u.is_staff
+                   AND u.tenant_id IS NULL;
+            END IF;
+        END IF;
     ELSIF v_kind IN ('system', 'operator') AND v_id = '' THEN
         SELECT true INTO v_ok FROM public.tenants_tenant t WHERE t.id = v_tenant;
     END IF;

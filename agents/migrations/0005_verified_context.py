@@ -1,4 +1,5 @@
-"""Move this app's tables to the one verified-context policy (tenants migration 0006)."""
+"""Move this app's tables to the one verified-context policy (tenants migration 0006); its
+platform tables are written only in a verified platform context."""
 
 from django.db import migrations
 
@@ -18,4 +19,5 @@ class Migration(migrations.Migration):
         tenants.migration_ops.EnableTenantRLS("agentrun"),
         tenants.migration_ops.EnableTenantRLS("checkpointrecord"),
         tenants.migration_ops.EnableTenantRLS("checkpointwrite"),
+        tenants.migration_ops.EnablePlatformRLS("planentitlement"),
     ]

@@ -1,4 +1,5 @@
-"""Move this app's tables to the one verified-context policy (tenants migration 0006)."""
+"""Move this app's tables to the one verified-context policy (tenants migration 0006); its
+platform tables are written only in a verified platform context."""
 
 from django.db import migrations
 
@@ -15,4 +16,6 @@ class Migration(migrations.Migration):
         tenants.migration_ops.EnableTenantRLS("usageevent"),
         tenants.migration_ops.EnableTenantRLS("stripecustomer"),
         tenants.migration_ops.EnableTenantRLS("meterevent"),
+        tenants.migration_ops.EnablePlatformRLS("modelprice"),
+        tenants.migration_ops.EnablePlatformRLS("planlimit"),
     ]

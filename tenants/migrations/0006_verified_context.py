@@ -74,6 +74,16 @@ BEGIN
     RETURN (public.playbook_context_parts())[3]::uuid;
 END $$;
 
+-- Whether the verified context is the platform's (staff, or an operator command, acting on
+-- platform tables: tenants, plans, prices, entitlements). Its tenant is the nil uuid.
+CREATE FUNCTION public.playbook_context_platform() RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN coalesce((public.playbook_context_parts())[4] = 'platform', false);
+END $$;
+
 -- Called by playbook_enter only (never by the runtime role): bind a verified app context
 -- to this backend and transaction and store it for the policies.
 CREATE FUNCTION public.playbook_bind_context(p_payload text, p_kid text) RETURNS void
@@ -104,6 +114,7 @@ $$;
 
 REVOKE ALL ON FUNCTION public.playbook_context_parts() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.playbook_context_tenant() FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.playbook_context_platform() FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.playbook_bind_context(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.playbook_app_mac(text, text) FROM PUBLIC;
 """
@@ -111,9 +122,33 @@ REVOKE ALL ON FUNCTION public.playbook_app_mac(text, text) FROM PUBLIC;
 REVERSE_SQL = r"""
 DROP FUNCTION IF EXISTS public.playbook_app_mac(text, text);
 DROP FUNCTION IF EXISTS public.playbook_bind_context(text, text);
+DROP FUNCTION IF EXISTS public.playbook_context_platform();
 DROP FUNCTION IF EXISTS public.playbook_context_tenant();
 DROP FUNCTION IF EXISTS public.playbook_context_parts();
 DROP TABLE IF EXISTS public.playbook_context_keys;
+"""
+
+
+TENANT_GUARD_SQL = r"""
+-- A tenant updates its own row (branding, review policy); plan, status, slug, region and id
+-- change only in a verified platform context (or as the owner role, in a migration).
+CREATE FUNCTION public.tenants_tenant_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF row_security_active('public.tenants_tenant'::regclass)
+       AND NOT public.playbook_context_platform()
+       AND (NEW.id, NEW.slug, NEW.plan, NEW.status, NEW.region, NEW.created_at)
+           IS DISTINCT FROM (OLD.id, OLD.slug, OLD.plan, OLD.status, OLD.region, OLD.created_at)
+    THEN
+        RAISE EXCEPTION 'only the platform changes a tenant''s plan, status, slug or region'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END $$;
+REVOKE ALL ON FUNCTION public.tenants_tenant_guard() FROM PUBLIC;
+CREATE TRIGGER tenants_tenant_guard BEFORE UPDATE ON public.tenants_tenant
+    FOR EACH ROW EXECUTE FUNCTION public.tenants_tenant_guard();
 """
 
 
@@ -124,20 +159,29 @@ def grant_runtime_role(apps, schema_editor):
     with schema_editor.connection.cursor() as cursor:
         for statement in (
             "REVOKE ALL ON public.playbook_context_keys FROM {role}",
+            # Sessions live in Redis (accounts/sessions.py): nothing here for tenant traffic.
+            "REVOKE ALL ON public.django_session FROM {role}",
             "REVOKE ALL ON FUNCTION public.playbook_bind_context(text, text) FROM {role}",
             "REVOKE ALL ON FUNCTION public.playbook_app_mac(text, text) FROM {role}",
             "GRANT EXECUTE ON FUNCTION public.playbook_context_parts() TO {role}",
             "GRANT EXECUTE ON FUNCTION public.playbook_context_tenant() TO {role}",
+            "GRANT EXECUTE ON FUNCTION public.playbook_context_platform() TO {role}",
         ):
             cursor.execute(sql.SQL(statement).format(role=runtime))
 
 
 class Migration(migrations.Migration):
-    dependencies = [("tenants", "0005_tenant_branding")]
+    dependencies = [("tenants", "0005_tenant_branding"), ("sessions", "0001_initial")]
 
     operations = [
         migrations.RunSQL(sql=CONTEXT_SQL, reverse_sql=REVERSE_SQL),
         migrations.RunPython(grant_runtime_role, migrations.RunPython.noop),
+        tenants.migration_ops.EnablePlatformRLS("tenant", tenant_self_update=True),
+        migrations.RunSQL(
+            TENANT_GUARD_SQL,
+            "DROP TRIGGER IF EXISTS tenants_tenant_guard ON public.tenants_tenant; "
+            "DROP FUNCTION IF EXISTS public.tenants_tenant_guard();",
+        ),
         tenants.migration_ops.EnableTenantRLS("tenantdatakey"),
         tenants.migration_ops.EnableTenantRLS("credential"),
     ]

@@ -15,6 +15,7 @@ import json
 from django.test import Client
 
 from billing.models import ModelPrice, PlanLimit
+from tenants.context import platform_context
 from tests.factories import build_world
 
 OFFLINE_MODEL = "offline-extractive"
@@ -22,11 +23,12 @@ PRICE = {"per_call": 1_000, "input_per_million": 2_000_000, "output_per_million"
 
 
 def main(slugs: list[str]) -> None:
-    ModelPrice.objects.update_or_create(name=OFFLINE_MODEL, defaults=PRICE)
-    # Nothing the fault tests do comes near the starter plan's limits, but make sure.
-    PlanLimit.objects.filter(plan="starter").update(
-        requests_per_minute=10_000, user_requests_per_minute=10_000, tokens_per_minute=0
-    )
+    with platform_context():
+        ModelPrice.objects.update_or_create(name=OFFLINE_MODEL, defaults=PRICE)
+        # Nothing the fault tests do comes near the starter plan's limits, but make sure.
+        PlanLimit.objects.filter(plan="starter").update(
+            requests_per_minute=10_000, user_requests_per_minute=10_000, tokens_per_minute=0
+        )
     worlds = {}
     for slug in slugs:
         world = build_world(slug)

@@ -33,7 +33,7 @@ from agents.documents import add_document, check_upload
 from agents.models import AgentRun
 from billing.models import PlanLimit
 from conversations import actions
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tenants.models import Tenant
 from tests.reliability.leaks import tenant_rows
 
@@ -61,12 +61,13 @@ def _person(tenant: Tenant, issuer: str, name: str, role: str) -> dict[str, Any]
 @transaction.atomic
 def _tenant(index: int, *, clients: int, issuer: str, tight: bool) -> dict[str, Any]:
     slug = f"load-{index:02d}-{secrets.token_hex(3)}"
-    tenant = Tenant.objects.create(
-        slug=slug,
-        name=f"Load Tenant {index:02d}",
-        plan=Tenant.Plan.ENTERPRISE if tight else Tenant.Plan.STARTER,
-        review_policy="review_all",
-    )
+    with platform_context():
+        tenant = Tenant.objects.create(
+            slug=slug,
+            name=f"Load Tenant {index:02d}",
+            plan=Tenant.Plan.ENTERPRISE if tight else Tenant.Plan.STARTER,
+            review_policy="review_all",
+        )
     owner = _person(tenant, issuer, "owner", Membership.Role.OWNER)
     consultant = _person(tenant, issuer, "consultant", Membership.Role.CONSULTANT)
     people = [_person(tenant, issuer, f"client{n}", Membership.Role.CLIENT) for n in range(clients)]
@@ -100,9 +101,10 @@ def _tenant(index: int, *, clients: int, issuer: str, tight: bool) -> dict[str, 
 
 def build_tenants(*, count: int, clients: int, issuer: str, tight: int = 0) -> None:
     if tight:
-        PlanLimit.objects.filter(plan=Tenant.Plan.ENTERPRISE).update(
-            user_requests_per_minute=TIGHT_USER_REQUESTS_PER_MINUTE
-        )
+        with platform_context():
+            PlanLimit.objects.filter(plan=Tenant.Plan.ENTERPRISE).update(
+                user_requests_per_minute=TIGHT_USER_REQUESTS_PER_MINUTE
+            )
     tenants = [_tenant(i, clients=clients, issuer=issuer, tight=i < tight) for i in range(count)]
     for spec in tenants:
         spec["rows"] = tenant_rows(spec["tenant_id"]).as_json()

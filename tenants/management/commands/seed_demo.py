@@ -14,7 +14,7 @@ from accounts.models import Membership, User
 from agents.models import Document
 from agents.tasks import ingest_document
 from conversations import actions
-from tenants.context import tenant_context
+from tenants.context import platform_context, tenant_context
 from tenants.models import Tenant
 
 PLAYBOOK_DIR = Path(__file__).resolve().parents[2] / "demo_playbooks"
@@ -125,15 +125,16 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def seed_tenant(self, spec: dict[str, Any]) -> None:
-        tenant, created = Tenant.objects.get_or_create(
-            slug=spec["slug"],
-            defaults={
-                "name": spec["name"],
-                "plan": spec["plan"],
-                "review_policy": spec["review_policy"],
-                "brand_color": spec["brand_color"],
-            },
-        )
+        with platform_context():  # an operator command creating platform rows
+            tenant, created = Tenant.objects.get_or_create(
+                slug=spec["slug"],
+                defaults={
+                    "name": spec["name"],
+                    "plan": spec["plan"],
+                    "review_policy": spec["review_policy"],
+                    "brand_color": spec["brand_color"],
+                },
+            )
         if not created:
             if settings.DEV_IDP:  # demo data from before the local provider: give it logins
                 for username, _first, _last, role in spec["people"]:
