@@ -52,7 +52,8 @@ def session_rows_in_the_database() -> int:
         settings.DATABASE_ADMIN_URL, dbname=connection.settings_dict["NAME"]
     )
     with psycopg.connect(admin) as conn:
-        return int(conn.execute("SELECT count(*) FROM django_session").fetchone()[0])
+        row = conn.execute("SELECT count(*) FROM django_session").fetchone()
+    return int(row[0]) if row else 0
 
 
 def test_a_session_is_kept_in_redis_and_carries_the_person_across_requests(acme: World) -> None:
