@@ -71,7 +71,7 @@ def iter_events(
         where.append("created_at < %s")
         params.append(end)
     query = (
-        f"SELECT {_COLUMNS} FROM audit_auditevent WHERE {' AND '.join(where)} "  # noqa: S608
+        f"SELECT {_COLUMNS} FROM public.audit_auditevent WHERE {' AND '.join(where)} "  # noqa: S608
         "ORDER BY seq"
     )
     with connection.chunked_cursor() as cursor:
@@ -87,7 +87,8 @@ def iter_events(
 def chain_head() -> tuple[int, str]:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT seq, hash FROM audit_chain_heads WHERE tenant_id = %s", [require_tenant_id()]
+            "SELECT seq, hash FROM public.audit_chain_heads WHERE tenant_id = %s",
+            [require_tenant_id()],
         )
         row = cursor.fetchone()
     return (row[0], row[1]) if row else (0, GENESIS_HASH)

@@ -250,21 +250,31 @@ def tenant_context(
 
 
 @contextmanager
+def _switched(tenant_id: uuid.UUID, principal: Principal, using: str) -> Iterator[None]:
+    """Inside an active context: enter another one in a savepoint for the block, then enter
+    the outer one again (a bound context cannot be restored, only re-entered)."""
+    outer = _active.get()
+    assert outer is not None  # noqa: S101 (callers check)
+    with transaction.atomic(using=using):
+        role = _enter(using, tenant_id, principal)
+        token = _active.set(_Active(tenant_id, principal, role))
+        try:
+            yield
+        finally:
+            _active.reset(token)
+            if not connections[using].needs_rollback:
+                _enter(using, outer.tenant_id, outer.principal)
+
+
+@contextmanager
 def acting_as(principal: Principal, *, using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     """Inside a tenant context, act as another principal of the same tenant for the block
     (the audit operator of `audit_export`), then re-enter as before."""
     active = _active.get()
     if active is None:
         raise TenantScopeError("acting_as() needs a tenant context.")
-    with transaction.atomic(using=using):
-        role = _enter(using, active.tenant_id, principal)
-        token = _active.set(_Active(active.tenant_id, principal, role))
-        try:
-            yield
-        finally:
-            _active.reset(token)
-            if not connections[using].needs_rollback:
-                _enter(using, active.tenant_id, active.principal)
+    with _switched(active.tenant_id, principal, using):
+        yield
 
 
 @contextmanager
@@ -277,20 +287,12 @@ def platform_context(
     tenant's context the block runs in a savepoint and the tenant's context is entered again
     after it."""
     principal = Principal.platform(staff_id)
-    active = _active.get()
-    if active is None:
+    if _active.get() is None:
         with tenant_context(PLATFORM_TENANT, principal=principal, using=using):
             yield
         return
-    with transaction.atomic(using=using):
-        _enter(using, PLATFORM_TENANT, principal)
-        token = _active.set(_Active(PLATFORM_TENANT, principal, None))
-        try:
-            yield
-        finally:
-            _active.reset(token)
-            if not connections[using].needs_rollback:
-                _enter(using, active.tenant_id, active.principal)
+    with _switched(PLATFORM_TENANT, principal, using):
+        yield
 
 
 def enter_connection(using: str) -> None:

@@ -45,7 +45,18 @@ def _table(state_apps: Any, app_label: str, model_name: str) -> str:
     return str(state_apps.get_model(app_label, model_name)._meta.db_table)
 
 
-class EnableTenantRLS(migrations.operations.base.Operation):
+class TableOperation(migrations.operations.base.Operation):
+    """What every operation here shares: it changes the database only (the model state is
+    the migration's own), it is reversible, and it runs as plain SQL."""
+
+    reversible = True
+    reduces_to_sql = True
+
+    def state_forwards(self, app_label: str, state: Any) -> None:
+        pass
+
+
+class EnableTenantRLS(TableOperation):
     """ENABLE + FORCE row-level security on a tenant table, with its one policy:
 
         tenant_isolation: USING/WITH CHECK (tenant_id = playbook_context_tenant())
@@ -57,15 +68,9 @@ class EnableTenantRLS(migrations.operations.base.Operation):
     same operation moves a table from the legacy policies to this one.
     """
 
-    reversible = True
-    reduces_to_sql = True
-
     def __init__(self, model_name: str, read_function: str = "") -> None:
         self.model_name = model_name
         self.read_function = read_function
-
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        pass
 
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -122,7 +127,7 @@ def platform_policies(self_update: bool) -> dict[str, tuple[str, str | None, str
     return policies
 
 
-class EnablePlatformRLS(migrations.operations.base.Operation):
+class EnablePlatformRLS(TableOperation):
     """Row-level security on a platform table (tenants, plans, prices, entitlements): every
     role reads it; only a verified platform context writes it. Not FORCEd: migrations (the
     owner role) ship and change its rows.
@@ -134,15 +139,9 @@ class EnablePlatformRLS(migrations.operations.base.Operation):
         platform_delete FOR DELETE USING (playbook_context_platform())
     """
 
-    reversible = True
-    reduces_to_sql = True
-
     def __init__(self, model_name: str, tenant_self_update: bool = False) -> None:
         self.model_name = model_name
         self.tenant_self_update = tenant_self_update
-
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        pass
 
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -181,19 +180,13 @@ class EnablePlatformRLS(migrations.operations.base.Operation):
         return (self.__class__.__qualname__, [], kwargs)
 
 
-class LegacyTenantRLS(migrations.operations.base.Operation):
+class LegacyTenantRLS(TableOperation):
     """History only (migrations before tenants 0006): RLS with the legacy setting-based
     policies. A later migration of every app replaces them with `EnableTenantRLS`."""
-
-    reversible = True
-    reduces_to_sql = True
 
     def __init__(self, model_name: str, support_access: bool = True) -> None:
         self.model_name = model_name
         self.support_access = support_access
-
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        pass
 
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -231,17 +224,11 @@ class LegacyTenantRLS(migrations.operations.base.Operation):
         return (self.__class__.__qualname__, [], kwargs)
 
 
-class LegacySupportAccess(migrations.operations.base.Operation):
+class LegacySupportAccess(TableOperation):
     """History only: the legacy support-session policy (see LegacyTenantRLS)."""
-
-    reversible = True
-    reduces_to_sql = True
 
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
-
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        pass
 
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -276,7 +263,7 @@ def same_tenant_constraint_name(table: str, column: str) -> str:
     return f"{table}_{column}_same_tenant_fk"[:63]
 
 
-class SameTenantForeignKey(migrations.operations.base.Operation):
+class SameTenantForeignKey(TableOperation):
     """A composite foreign key (tenant_id, <fk>_id) -> parent (tenant_id, id).
 
     PostgreSQL checks foreign keys without row-level security, so a plain FK would let a row
@@ -284,15 +271,9 @@ class SameTenantForeignKey(migrations.operations.base.Operation):
     The parent's (tenant_id, id) unique constraint comes from TenantScopedModel.
     """
 
-    reversible = True
-    reduces_to_sql = True
-
     def __init__(self, model_name: str, field_name: str) -> None:
         self.model_name = model_name
         self.field_name = field_name
-
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        pass
 
     def _parts(self, apps: Any, app_label: str) -> tuple[str, str, str]:
         model = apps.get_model(app_label, self.model_name)

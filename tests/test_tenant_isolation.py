@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Membership, role_in_current_tenant
@@ -245,3 +246,18 @@ def test_entering_is_one_statement_that_verifies_the_principal_and_reads_its_rol
         assert len(entries) == 1
         assert "'<context>'" in entries[0]["sql"]  # sent as a bind parameter
         assert context_now() == (None, "")
+
+
+def test_a_request_enters_its_tenant_with_one_statement_and_reads_no_role_again(
+    acme: World,
+) -> None:
+    browser = Client()
+    browser.force_login(acme.consultant)
+    with CaptureQueriesContext(connection) as queries:
+        response = browser.get("/api/v1/conversations/")
+    assert response.status_code == 200
+    sql = [q["sql"] for q in queries]
+    assert sum("playbook_enter" in s for s in sql) == 1, sql
+    assert not any("set_config" in s for s in sql), sql
+    # The role came with the entry: no role lookup of its own.
+    assert not any(s.startswith("SELECT role FROM public.accounts_membership") for s in sql), sql
