@@ -12,7 +12,13 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.models import Membership, role_in_current_tenant
 from conversations.models import Conversation, Message
-from tenants.context import TenantScopeError, current_role, current_tenant_id, tenant_context
+from tenants.context import (
+    LEAVE_SQL,
+    TenantScopeError,
+    current_role,
+    current_tenant_id,
+    tenant_context,
+)
 from tests.factories import UserFactory, World, build_world
 
 pytestmark = pytest.mark.django_db
@@ -258,6 +264,7 @@ def test_a_request_enters_its_tenant_with_one_statement_and_reads_no_role_again(
     assert response.status_code == 200
     sql = [q["sql"] for q in queries]
     assert sum("playbook_enter" in s for s in sql) == 1, sql
-    assert not any("set_config" in s for s in sql), sql
+    # Only clearing the context at the end, because the test runs inside an outer transaction.
+    assert [s for s in sql if "set_config" in s] in ([], [LEAVE_SQL]), sql
     # The role came with the entry: no role lookup of its own.
     assert not any(s.startswith("SELECT role FROM public.accounts_membership") for s in sql), sql
