@@ -61,7 +61,9 @@ def start(
         "REDIS_URL": settings.REDIS_URL,
         "CELERY_TASK_DEFAULT_QUEUE": f"refusal-{uuid.uuid4().hex[:12]}",
         "PORT": str(port or free_port()),
-        "WEB_CONCURRENCY": "2",
+        # One web worker: when two fail to boot at once, gunicorn's arbiter sometimes halts
+        # from inside the handling of the other's exit and reports status 1, not 3.
+        "WEB_CONCURRENCY": "1",
         "GUNICORN_THREADS": "2",
         "CELERY_CONCURRENCY": "1",
     }
