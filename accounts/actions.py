@@ -29,7 +29,7 @@ from django.utils import timezone
 from accounts.models import Invitation, Membership, User
 from accounts.roles import ADMIN, CLIENT, CONSULTANT, OWNER
 from audit.actions import record_audit_event
-from tenants.context import require_tenant_id
+from tenants.context import current_tenant_id, platform_context, require_tenant_id, tenant_context
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -276,3 +276,18 @@ def set_member_active(
         context={"role": membership.role},
     )
     return user
+
+
+def record_last_login(sender: Any, user: User, **kwargs: Any) -> None:
+    """`user_logged_in` receiver, in place of Django's `update_last_login`: the account is a
+    row under row-level security, written in its own tenant's context (platform staff in a
+    platform context)."""
+    user.last_login = timezone.now()
+    if user.tenant_id is None:
+        with platform_context(user.pk):
+            User.objects.filter(pk=user.pk).update(last_login=user.last_login)
+    elif current_tenant_id() == user.tenant_id:
+        User.objects.filter(pk=user.pk).update(last_login=user.last_login)
+    else:
+        with tenant_context(user.tenant_id, user_id=user.pk):
+            User.objects.filter(pk=user.pk).update(last_login=user.last_login)

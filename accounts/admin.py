@@ -41,6 +41,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import backup_codes, support
 from accounts.models import ApiKey, Membership, SupportSession, User
+from accounts.queries import user_by_id
 from audit.actions import record_audit_event
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
@@ -149,7 +150,7 @@ class SupportAdminSite(OTPAdminSite):
             # Enrolled and verified: the page offers backup codes.
             return self.backup_codes_view(request)
         user_id = request.session.get("otp_enroll_user")
-        user = User.objects.filter(pk=user_id).first() if user_id else None
+        user = user_by_id(user_id) if user_id else None
         if user is None:
             form = AuthenticationForm(request, data=request.POST or None)
             if request.method == "POST" and form.is_valid():
@@ -171,13 +172,14 @@ class SupportAdminSite(OTPAdminSite):
         device, _ = TOTPDevice.objects.get_or_create(
             user=user, confirmed=False, defaults={"name": "Authenticator app"}
         )
+        device.user = user  # the account was read by a signed lookup, not through this FK
         token_form = TokenForm(request.POST or None)
         if request.method == "POST" and token_form.is_valid():
             if device.verify_token(token_form.cleaned_data["token"]):
                 device.confirmed = True
                 device.save(update_fields=["confirmed"])
                 del request.session["otp_enroll_user"]
-                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                login(request, user, backend="accounts.backends.AccountLookupBackend")
                 otp_login(request, device)
                 messages.success(
                     request,
@@ -429,8 +431,8 @@ class AuditEventAdmin(SupportAuditedAdmin):
 
 @admin.register(SupportSession, site=support_admin_site)
 class SupportSessionAdmin(SupportAuditedAdmin):
-    list_display = ["staff", "created_at", "expires_at", "ended_at"]
-    fields = ("staff", "reason", "created_at", "expires_at", "ended_at")
+    list_display = ["staff_username", "created_at", "expires_at", "ended_at"]
+    fields = ("staff_username", "reason", "created_at", "expires_at", "ended_at")
     readonly_fields = fields
     read_only = True
 

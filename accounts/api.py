@@ -112,7 +112,7 @@ class ApiKeyViewSet(
 
 
 class SupportSessionSerializer(serializers.ModelSerializer):
-    staff = serializers.CharField(source="staff.get_username", read_only=True)
+    staff = serializers.CharField(source="staff_username", read_only=True)
     is_active = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -129,4 +129,4 @@ class SupportSessionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, Te
     roles = {"*": ADMINS}
 
     def safely_get_queryset(self, queryset: Any) -> Any:
-        return queryset.select_related("staff")
+        return queryset

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.backends import ModelBackend
 from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
@@ -26,6 +27,7 @@ from accounts.oidc import (
     endpoint,
     verify_jwt,
 )
+from accounts.queries import find_user, user_by_id
 from audit.actions import record_audit_event
 from tenants.context import tenant_context
 
@@ -124,5 +126,34 @@ class TenantOIDCBackend(OIDCAuthenticationBackend):
         return user
 
     def get_user(self, user_id: Any) -> User | None:
-        # A deactivated account's sessions end at its next request.
-        return User.objects.filter(pk=user_id, is_active=True).first()
+        # Before the tenant is entered: one signed lookup (accounts/queries.py). A
+        # deactivated account's sessions end at its next request.
+        user = user_by_id(user_id)
+        return user if user is not None and user.is_active else None
+
+
+class AccountLookupBackend(ModelBackend):
+    """Django's password backend (platform staff at the admin; the development provider's
+    directory) reading accounts through signed lookups: `accounts_user` is under row-level
+    security and no tenant is entered yet."""
+
+    def authenticate(
+        self,
+        request: HttpRequest | None,
+        username: str | None = None,
+        password: str | None = None,
+        **kwargs: Any,
+    ) -> User | None:
+        if username is None or password is None:
+            return None
+        user = find_user("username", str(username))
+        if user is None:
+            User().set_password(password)  # the same time for an unknown name
+            return None
+        if user.check_password(password) and self.user_can_authenticate(user):
+            return user
+        return None
+
+    def get_user(self, user_id: Any) -> User | None:
+        user = user_by_id(user_id)
+        return user if user is not None and self.user_can_authenticate(user) else None

@@ -161,6 +161,10 @@ class SupportSession(TenantScopedModel):
         related_name="+",
         limit_choices_to={"is_staff": True, "tenant__isnull": True},
     )
+    # Who it was, as the tenant sees it: staff accounts are platform rows that no tenant's
+    # context reads (accounts migration 0006), so the name is kept with the session.
+    staff_username = models.CharField(max_length=150, default="", editable=False)
+    staff_name = models.CharField(max_length=300, default="", editable=False)
     reason = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(default=default_support_expiry)

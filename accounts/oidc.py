@@ -25,6 +25,7 @@ from django.http import HttpRequest
 from django.shortcuts import resolve_url
 
 from accounts.models import Membership, User
+from accounts.queries import find_user
 from tenants.context import tenant_context
 from tenants.models import Tenant
 
@@ -233,9 +234,9 @@ def bind_user(claims: dict[str, Any], *, sync_role: bool) -> Binding:
     """
     issuer, subject = str(claims["iss"]).rstrip("/"), str(claims["sub"])
     claimed = claims.get(settings.OIDC_TENANT_CLAIM)
-    # One query on the hot path (every bearer request): the user with the tenant it is bound to.
-    found = User.objects.select_related("tenant").filter(oidc_issuer=issuer, oidc_subject=subject)
-    user = next(iter(found[:1]), None)  # (iss, sub) is unique: no ordering, as first() adds
+    # One query on the hot path (every bearer request): the user with the tenant it is bound
+    # to, through a signed lookup (no tenant is entered yet; accounts/queries.py).
+    user = find_user("oidc", f"{issuer} {subject}")
     if user is not None and user.tenant is not None:
         if not claim_names(user.tenant, claimed):
             raise TenantClaimMismatch(user, str(claims.get(settings.OIDC_TENANT_CLAIM, "")))
@@ -249,12 +250,17 @@ def bind_user(claims: dict[str, Any], *, sync_role: bool) -> Binding:
     if user is not None and user.tenant_id is not None and not sync_role:
         return Binding(user=user, created=False)  # bound, and nothing to write
 
-    created = newly_bound = False
-    with transaction.atomic():
+    if user is not None and user.tenant_id is None:
+        # An account of the platform's own (staff): never bound into an organisation.
+        raise InvalidToken("This identity belongs to a platform account, not to an organisation.")
+
+    created = False
+    # Written in the claimed tenant's context: people are tenant rows.
+    with transaction.atomic(), tenant_context(tenant):
         if user is None:
             try:
                 with transaction.atomic():
-                    user = User.objects.create(
+                    user = User(
                         username=f"{tenant.slug}:{uuid.uuid4().hex[:12]}",
                         email=str(claims.get("email", ""))[:254],
                         first_name=str(claims.get("given_name", ""))[:150],
@@ -264,25 +270,23 @@ def bind_user(claims: dict[str, Any], *, sync_role: bool) -> Binding:
                         tenant=tenant,
                     )
                     user.set_unusable_password()
-                    user.save(update_fields=["password"])
+                    user.save()
                 created = True
             except IntegrityError:  # a concurrent first login won the race
-                user = User.objects.get(oidc_issuer=issuer, oidc_subject=subject)
-                if user.tenant_id != tenant.id:
-                    raise TenantClaimMismatch(user, str(tenant.id)) from None
-        elif user.tenant_id is None:
-            user.tenant = tenant
-            user.save(update_fields=["tenant"])
-            newly_bound = True
+                winner = find_user("oidc", f"{issuer} {subject}")
+                if winner is None:
+                    raise InvalidToken("The account could not be created; sign in again.") from None
+                if winner.tenant_id != tenant.id:
+                    raise TenantClaimMismatch(winner, str(tenant.id)) from None
+                user = winner
         role = role_from_claims(claims)
-        if created or newly_bound or sync_role:
-            with tenant_context(tenant):
-                membership = Membership.objects.filter(user=user).first()
-                if membership is None:
-                    Membership.objects.create(user=user, role=role or Membership.Role.CLIENT)
-                elif role and membership.role != role:
-                    membership.role = role
-                    membership.save(update_fields=["role"])
+        if created or sync_role:
+            membership = Membership.objects.filter(user=user).first()
+            if membership is None:
+                Membership.objects.create(user=user, role=role or Membership.Role.CLIENT)
+            elif role and membership.role != role:
+                membership.role = role
+                membership.save(update_fields=["role"])
     return Binding(user=user, created=created)
 
 

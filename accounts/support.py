@@ -21,7 +21,12 @@ from django.utils import timezone
 
 from accounts.models import SupportSession, User
 from audit.actions import record_audit_event
-from tenants.context import Principal, current_support_session_id, tenant_context
+from tenants.context import (
+    PLATFORM_TENANT,
+    Principal,
+    current_support_session_id,
+    tenant_context,
+)
 from tenants.middleware import RequestTenant, principal_tenant
 from tenants.models import Tenant
 
@@ -78,13 +83,16 @@ def resolve_request_context(request: HttpRequest) -> RequestTenant | None:
     own = principal_tenant(request)
     if own is not None:
         return own
-    data = active_support_session(request)
-    if data is None:
+    user = getattr(request, "user", None)
+    is_verified = getattr(user, "is_verified", None)
+    if not is_support_staff(user) or not callable(is_verified) or not is_verified():
         return None
     if request.path_info.startswith(_platform_paths()):
-        # These write in the tenant's own context (open/end_support_session, tenant changes);
-        # a request already inside the support context could not enter it, and they need no
-        # tenant data.
+        # Platform records (support sessions themselves, tenants, staff accounts): a verified
+        # platform context; writes to a tenant's own records switch into its context.
+        return RequestTenant(PLATFORM_TENANT, Principal.platform(getattr(user, "pk", None)))
+    data = active_support_session(request)
+    if data is None:
         return None
     try:
         return RequestTenant(uuid.UUID(data["tenant_id"]), Principal.support(data["id"]))
@@ -111,7 +119,11 @@ def open_support_session(
         )
     with tenant_context(tenant, principal=Principal.staff(staff.pk)):
         session = SupportSession.objects.create(
-            staff=staff, reason=reason, expires_at=timezone.now() + timedelta(minutes=minutes)
+            staff=staff,
+            staff_username=staff.get_username(),
+            staff_name=staff.get_full_name(),
+            reason=reason,
+            expires_at=timezone.now() + timedelta(minutes=minutes),
         )
         record_audit_event(
             "support.session_opened",
@@ -143,8 +155,8 @@ def end_support_session(*, staff: User, session_id: uuid.UUID, tenant_id: uuid.U
 @transaction.atomic
 def end_support_session_for_tenant(*, acting_user: Any, session: SupportSession) -> bool:
     """A tenant admin ends a support session on her tenant now (False: it had already ended).
-    The support policy checks the session at every statement, so access stops at once."""
-    session = SupportSession.objects.select_for_update().select_related("staff").get(id=session.id)
+    The database checks the session at every entry, so access stops at its next request."""
+    session = SupportSession.objects.select_for_update().get(id=session.id)
     if session.ended_at is not None or session.expires_at <= timezone.now():
         return False
     session.ended_at = timezone.now()
@@ -154,7 +166,7 @@ def end_support_session_for_tenant(*, acting_user: Any, session: SupportSession)
         actor=acting_user,
         resource_type="support_session",
         resource_id=session.id,
-        context={"staff": User.objects.get(pk=session.staff_id).get_username()},
+        context={"staff": session.staff_username},
     )
     return True
 

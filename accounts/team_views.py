@@ -212,7 +212,7 @@ def _invitation_gone(request: HttpRequest) -> HttpResponse:
 @tenant_page(ADMINS, message="Only your organisation's owners and admins see support access.")
 @require_GET
 def support_page(request: HttpRequest) -> HttpResponse:
-    sessions = SupportSession.objects.select_related("staff").order_by("-created_at")[:200]
+    sessions = SupportSession.objects.order_by("-created_at")[:200]
     now = timezone.now()
     return render(
         request,
@@ -233,7 +233,7 @@ def support_page(request: HttpRequest) -> HttpResponse:
 @require_POST
 def support_end(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     """End a support session now: the database stops admitting it at its next statement."""
-    session = get_object_or_404(SupportSession.objects.select_related("staff"), id=session_id)
+    session = get_object_or_404(SupportSession, id=session_id)
     if end_support_session_for_tenant(acting_user=request.user, session=session):
         messages.success(
             request, "Support access ended. Playbook support no longer sees your data."

@@ -255,7 +255,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 AUTHENTICATION_BACKENDS = [
     "accounts.backends.TenantOIDCBackend",  # people: OpenID Connect, tenant from the claim
-    "django.contrib.auth.backends.ModelBackend",  # platform staff: password + TOTP (admin)
+    # Platform staff: password + TOTP (admin); accounts read through signed lookups.
+    "accounts.backends.AccountLookupBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

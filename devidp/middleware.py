@@ -1,8 +1,9 @@
 """The local provider keeps its own sign-in, separate from Playbook's session.
 
 Signing in at /idp/login/ sets a signed cookie that only /idp/ pages read; it never logs
-anyone into Playbook. Playbook's session is created only by the OIDC callback, as it would
-be with an external provider.
+anyone into Playbook. Its requests read the directory (every account) in the directory
+context; `DEV_IDP` is refused in production. Playbook's session is created only by the
+OIDC callback, as it would be with an external provider.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from django.core import signing
 from django.http import HttpRequest, HttpResponse
 
 from accounts.models import User
+from tenants.context import directory_context
 
 COOKIE = "playbook_dev_idp"
 SALT = "devidp.session"
@@ -51,6 +53,10 @@ class DevIdPSessionMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path.startswith("/idp/"):
+        if not request.path.startswith("/idp/"):
+            return self.get_response(request)
+        # The provider's directory is every account (accounts_user is under row-level
+        # security): its requests run in the directory context, which shows no tenant data.
+        with directory_context():
             request.user = idp_user(request) or AnonymousUser()
-        return self.get_response(request)
+            return self.get_response(request)

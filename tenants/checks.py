@@ -18,6 +18,7 @@ from django.db import DatabaseError, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from tenants.migration_ops import (
+    CONTEXT_FUNCTION,
     PLATFORM_FUNCTION,
     POLICY_NAME,
     TENANT_PREDICATE,
@@ -431,6 +432,34 @@ def platform_table_problems(connection: BaseDatabaseWrapper) -> list[checks.Chec
     return errors
 
 
+def unprotected_tenant_tables(connection: BaseDatabaseWrapper) -> list[checks.CheckMessage]:
+    """Every table that holds a `tenant_id` column -- modelled or not -- has row-level
+    security enabled and at least one policy calling the verified context."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' "
+            "  AND NOT a.attisdropped "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+            "AND (NOT c.relrowsecurity OR NOT EXISTS ("
+            "  SELECT 1 FROM pg_policies p WHERE p.schemaname = n.nspname "
+            "  AND p.tablename = c.relname AND (p.qual LIKE %s OR p.with_check LIKE %s))) "
+            "ORDER BY 1",
+            [f"%{CONTEXT_FUNCTION}()%"] * 2,
+        )
+        tables = [row[0] for row in cursor.fetchall()]
+    return [
+        checks.Error(
+            f"Table {table} holds tenant_id but no row-level security bound to the verified "
+            "tenant context.",
+            hint="Use tenants.migration_ops.EnableTenantRLS in the migration that creates it.",
+            id="tenants.E024",
+        )
+        for table in tables
+    ]
+
+
 def tenant_boundary_problems(alias: str = "default") -> list[checks.CheckMessage]:
     connection = connections[alias]
     return (
@@ -438,6 +467,7 @@ def tenant_boundary_problems(alias: str = "default") -> list[checks.CheckMessage
         + table_problems(connection)
         + function_problems(connection)
         + platform_table_problems(connection)
+        + unprotected_tenant_tables(connection)
     )
 
 

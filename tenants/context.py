@@ -22,6 +22,7 @@ savepoint inside one), and a ContextVar beside it lets the ORM fail loudly outsi
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -43,7 +44,9 @@ CONTEXT_SETTING = "playbook.context"
 ENTER_SQL = "SELECT refusal, role FROM public.playbook_enter(%s)"
 LEAVE_SQL = "SELECT set_config('playbook.context', '', true)"
 
-PrincipalKind = Literal["user", "api_key", "support", "staff", "system", "operator", "platform"]
+PrincipalKind = Literal[
+    "user", "api_key", "support", "staff", "system", "operator", "platform", "directory"
+]
 # The tenant of a platform context: no tenant has it, so tenant tables show nothing.
 PLATFORM_TENANT = uuid.UUID(int=0)
 
@@ -94,6 +97,10 @@ class Principal:
 
 SYSTEM = Principal("system")
 OPERATOR = Principal("operator")
+# The development identity provider's own requests: every account, no tenant's data.
+DIRECTORY = Principal("directory")
+# Contexts that may switch into a tenant's context for a block and come back.
+_SWITCHING_KINDS = frozenset({"platform", "directory"})
 
 
 @dataclass(frozen=True)
@@ -164,15 +171,24 @@ def signing_key() -> tuple[str, bytes]:
     return kid, secret
 
 
-def sign_context(tenant_id: uuid.UUID, principal: Principal, *, ttl: int | None = None) -> str:
-    """`v1|kid|tenant|kind|principal|expiry|nonce|mac`: what playbook_enter verifies."""
+def _signed(fields: list[str], ttl: int | None) -> str:
+    """`v1|kid|<fields>|expiry|nonce|mac`, HMAC-SHA256 with the signing key."""
     kid, secret = signing_key()
     expiry = int(time.time()) + (ttl if ttl is not None else settings.TENANT_CONTEXT_TTL_SECONDS)
-    payload = "|".join(
-        ["v1", kid, str(tenant_id), principal.kind, principal.id, str(expiry), secrets.token_hex(8)]
-    )
+    payload = "|".join(["v1", kid, *fields, str(expiry), secrets.token_hex(8)])
     mac = hmac.new(secret, f"app|{payload}".encode(), hashlib.sha256).hexdigest()
     return f"{payload}|{mac}"
+
+
+def sign_context(tenant_id: uuid.UUID, principal: Principal, *, ttl: int | None = None) -> str:
+    """`v1|kid|tenant|kind|principal|expiry|nonce|mac`: what playbook_enter verifies."""
+    return _signed([str(tenant_id), principal.kind, principal.id], ttl)
+
+
+def sign_lookup(by: str, value: str) -> str:
+    """`v1|kid|lookup|by|base64(value)|expiry|nonce|mac`: a lookup of one account before a
+    tenant is known, which `playbook_lookup_user` answers only when the app signed it."""
+    return _signed(["lookup", by, base64.b64encode(value.encode()).decode()], None)
 
 
 def _enter(using: str, tenant_id: uuid.UUID, principal: Principal) -> str | None:
@@ -225,6 +241,11 @@ def tenant_context(
         else:
             principal = SYSTEM
     active = _active.get()
+    if active is not None and active.principal.kind in _SWITCHING_KINDS:
+        # Platform staff or the directory acting on one tenant's records for the block.
+        with _switched(tenant_id, principal, using):
+            yield tenant_id
+        return
     if active is not None:
         if active.tenant_id != tenant_id or (principal != active.principal and principal != SYSTEM):
             raise TenantScopeError(
@@ -292,6 +313,14 @@ def platform_context(
             yield
         return
     with _switched(PLATFORM_TENANT, principal, using):
+        yield
+
+
+@contextmanager
+def directory_context(*, using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
+    """The development identity provider's requests: every account (its directory), no
+    tenant's data. Only `devidp` (DEV_IDP, refused in production) enters it."""
+    with tenant_context(PLATFORM_TENANT, principal=DIRECTORY, using=using):
         yield
 
 

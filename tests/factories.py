@@ -40,6 +40,15 @@ class UserFactory(factory.django.DjangoModelFactory[User]):
     email = factory.LazyAttribute(lambda o: o.username)
     password = factory.django.Password("correct horse battery")
 
+    @classmethod
+    def _create(cls, model_class: type[User], *args: Any, **kwargs: Any) -> User:
+        # People are tenant rows (staff, platform rows): written in their own context.
+        tenant = kwargs.get("tenant")
+        scope = tenant_context(tenant) if tenant is not None else platform_context()
+        with scope:
+            user: User = super()._create(model_class, *args, **kwargs)
+        return user
+
 
 @dataclass
 class World:

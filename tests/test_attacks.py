@@ -34,7 +34,7 @@ from tenants.context import (
     tenant_context,
 )
 from tests.conftest import _conninfo
-from tests.factories import World, build_world
+from tests.factories import UserFactory, World, build_world
 
 
 @pytest.fixture
@@ -183,7 +183,10 @@ def test_a_valid_token_for_the_wrong_principal_is_refused(acme: World, globex: W
 def test_a_deactivated_user_cannot_enter_at_the_next_request(acme: World) -> None:
     with tenant_context(acme.tenant, user_id=acme.consultant.pk):
         pass
-    type(acme.consultant).objects.filter(pk=acme.consultant.pk).update(is_active=False)
+    people = type(acme.consultant).objects.filter(pk=acme.consultant.pk)
+    assert people.update(is_active=False) == 0  # outside the tenant: nobody to change
+    with tenant_context(acme.tenant):
+        assert people.update(is_active=False) == 1
     with (
         pytest.raises(TenantContextRefused, match="principal_refused"),
         tenant_context(acme.tenant, user_id=acme.consultant.pk),
@@ -267,6 +270,43 @@ def test_no_temporary_table_can_shadow_a_real_one(acme: World, as_acme_client: N
 def test_sessions_are_not_in_the_database(as_acme_client: None) -> None:
     assert refused("SELECT session_key, session_data FROM public.django_session")
     assert refused("INSERT INTO public.django_session VALUES ('k', 'd', now())")
+
+
+# --------------------------------------------------------------------------- people
+
+
+def test_people_of_other_tenants_and_staff_are_out_of_reach(
+    acme: World, globex: World, as_acme_client: None
+) -> None:
+    staff = UserFactory.create(username="sam@platform.test", tenant=None, is_staff=True)
+    seen = {row[0] for row in rows("SELECT username FROM public.accounts_user")}
+    assert seen == {
+        acme.owner.username,
+        acme.consultant.username,
+        acme.client.username,
+        acme.other_client.username,
+    }
+    assert rows("SELECT count(*) FROM public.accounts_user WHERE tenant_id IS NULL") == [(0,)]
+    # Create a staff account, bind someone into another tenant, take over globex's owner.
+    assert refused(
+        "INSERT INTO public.accounts_user (password, is_superuser, username, first_name, "
+        "last_name, email, is_staff, is_active, date_joined, oidc_issuer, oidc_subject, "
+        "session_epoch) VALUES ('', true, 'evil', '', '', '', true, true, now(), '', '', 0)"
+    )
+    assert refused(
+        "UPDATE public.accounts_user SET tenant_id = %s WHERE id = %s",
+        [globex.tenant.id, acme.client.pk],
+    )
+    assert (
+        rows(
+            "UPDATE public.accounts_user SET is_staff = true WHERE id IN (%s, %s) RETURNING id",
+            [globex.owner.pk, staff.pk],
+        )
+        == []
+    )
+    # The signed lookup answers only the app.
+    for forged in ("", "v1|k|lookup|id|MQ==|9999999999|00|" + "0" * 64):
+        assert refused("SELECT * FROM public.playbook_lookup_user(%s)", [forged])
 
 
 # --------------------------------------------------------------------------- the audit log

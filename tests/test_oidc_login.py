@@ -26,6 +26,7 @@ from oauth2_provider.models import get_application_model
 
 from accounts import oidc
 from accounts.models import Membership, User
+from accounts.queries import find_user
 from accounts.sessions import SessionStore
 from audit.actions import audit_operator
 from audit.models import AuditEvent
@@ -116,7 +117,10 @@ def test_first_login_binds_the_tenant_from_the_signed_claim(provider: Provider) 
 
     # Playbook's own account for this subject, bound to the claimed tenant, as it would be
     # for any external provider (the provider's directory entry is not Playbook's account).
-    account = User.objects.get(oidc_issuer=provider.issuer, oidc_subject=str(identity.subject))
+    with tenant_context(acme.tenant):
+        account = User.objects.get(
+            oidc_issuer=provider.issuer, oidc_subject=str(identity.subject)
+        )
     assert me["id"] == str(account.pk)
     assert account.tenant_id == acme.tenant.id
     assert not account.has_usable_password()
@@ -128,7 +132,8 @@ def test_first_login_binds_the_tenant_from_the_signed_claim(provider: Provider) 
     again = requests.Session()
     assert sign_in(again, provider, "nina@acme.test").status_code == 302
     assert again.get(f"{provider.url}/api/v1/me").json()["id"] == str(account.pk)
-    assert User.objects.filter(oidc_subject=str(identity.subject)).count() == 1
+    with tenant_context(acme.tenant):
+        assert User.objects.filter(oidc_subject=str(identity.subject)).count() == 1
 
     # The sessions are in Redis: the app's role may not even read the database's table.
     with (
@@ -172,7 +177,8 @@ def test_a_changed_tenant_claim_is_refused_and_recorded(provider: Provider) -> N
     assert refused.status_code == 403
     assert "belongs to another organisation" in refused.text
     assert second.get(f"{provider.url}/api/v1/me").status_code == 401  # no session
-    account = User.objects.get(oidc_subject=str(identity.subject))
+    with tenant_context(acme.tenant):
+        account = User.objects.get(oidc_subject=str(identity.subject))
     assert account.tenant_id == acme.tenant.id
     with tenant_context(acme.tenant), audit_operator():
         event = AuditEvent.objects.get(action="auth.login_refused")
@@ -194,7 +200,8 @@ def test_a_claim_naming_no_tenant_is_refused(provider: Provider) -> None:
         assert refused.status_code == 403
         assert "not on Playbook" in refused.text
         assert browser.get(f"{provider.url}/api/v1/me").status_code == 401
-    assert User.objects.get(username="sam@nowhere.test").tenant_id is None
+    directory_entry = find_user("username", "sam@nowhere.test")
+    assert directory_entry is not None and directory_entry.tenant_id is None
 
 
 def test_logout_ends_the_session_here_and_at_the_provider(provider: Provider) -> None:

@@ -8,9 +8,12 @@ import base64
 import re
 import uuid
 from datetime import timedelta
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.db.utils import ProgrammingError
 from django.test import Client
@@ -19,6 +22,7 @@ from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import SupportSession, User
+from accounts.queries import find_user
 from audit.actions import audit_operator, record_audit_event
 from audit.models import AuditEvent
 from conversations.models import Conversation
@@ -175,8 +179,9 @@ def test_tenant_users_never_get_in(acme: World) -> None:
 
     # Even a tenant user wrongly flagged is_staff, with a verified second factor, is not
     # platform staff: authenticated, but the admin stays closed.
-    User.objects.filter(pk=acme.consultant.pk).update(is_staff=True, is_superuser=True)
-    flagged = User.objects.get(pk=acme.consultant.pk)
+    with tenant_context(acme.tenant):
+        User.objects.filter(pk=acme.consultant.pk).update(is_staff=True, is_superuser=True)
+        flagged = User.objects.get(pk=acme.consultant.pk)
     flagged_device = TOTPDevice.objects.create(user=flagged, name="phone", confirmed=True)
     client, _ = otp_login(flagged, flagged_device)
     response = client.get("/admin/")
@@ -537,3 +542,15 @@ def test_writes_for_another_tenant_are_refused_in_a_support_session(
     with tenant_context(acme.tenant), audit_operator():
         assert Conversation.objects.filter(title="support write").count() == 1
         assert AuditEvent.objects.filter(action="test.write").count() == 1
+
+
+def test_create_staff_makes_a_platform_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAFF_PASSWORD", "a long enough passphrase 42")
+    out = StringIO()
+    call_command("create_staff", "--username", "ops@platform.test", stdout=out)
+    assert "Created staff account ops@platform.test" in out.getvalue()
+    made = find_user("username", "ops@platform.test")
+    assert made is not None and made.is_staff and made.tenant_id is None
+    assert made.check_password("a long enough passphrase 42")
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("create_staff", "--username", "ops@platform.test", stdout=StringIO())

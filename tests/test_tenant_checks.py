@@ -24,6 +24,7 @@ from tenants.checks import (
     runtime_role_problems,
     table_problems,
     tenant_boundary_problems,
+    unprotected_tenant_tables,
 )
 from tenants.migration_ops import EnableTenantRLS, same_tenant_constraint_name
 from tenants.models import TenantScopedModel
@@ -301,3 +302,20 @@ def test_a_platform_table_open_to_writes_fails_the_check(owner_sql: Callable[...
             "USING (playbook_context_platform()) WITH CHECK (playbook_context_platform())"
         )
     assert platform_table_problems(connections["default"]) == []
+
+
+@pytest.mark.django_db
+def test_any_table_holding_tenant_id_without_rls_fails_the_check(
+    owner_sql: Callable[..., Any],
+) -> None:
+    assert unprotected_tenant_tables(connections["default"]) == []
+    owner_sql("ALTER TABLE accounts_user DISABLE ROW LEVEL SECURITY")
+    owner_sql("CREATE TABLE test_unmodelled (id int, tenant_id uuid)")
+    try:
+        problems = unprotected_tenant_tables(connections["default"])
+        assert ids(problems) == {"tenants.E024"}
+        assert sorted(p.msg.split()[1] for p in problems) == ["accounts_user", "test_unmodelled"]
+    finally:
+        owner_sql("DROP TABLE test_unmodelled")
+        owner_sql("ALTER TABLE accounts_user ENABLE ROW LEVEL SECURITY")
+    assert unprotected_tenant_tables(connections["default"]) == []

@@ -125,12 +125,14 @@ def test_an_invitation_from_the_team_page_to_a_joined_client(
     accepted = nina.post(path_of(link))
     assert accepted.status_code == 302
     assert accepted["Location"] == "/"
-    assert role_of(acme, User.objects.get(email="nina@example.test")) == "client"
+    with tenant_context(acme.tenant):
+        account = User.objects.get(email="nina@example.test")
+    assert role_of(acme, account) == "client"
     assert nina.get("/")["Location"] == "/chat/"
     assert "Welcome to Acme! You joined as client." in text(nina.get("/chat/"))
     [joined] = audit_events(acme, "invitation.accepted")
     assert joined.context == {"role": "client", "previous_role": "client"}
-    assert joined.actor_id == str(User.objects.get(email="nina@example.test").pk)
+    assert joined.actor_id == str(account.pk)
 
     # Used: the link is the "no longer valid" page, for her and for anyone else.
     for client in (nina, Client()):
@@ -359,7 +361,9 @@ def test_role_rules_refuse_with_a_reason_and_change_nothing(
     response = member_change(browser(people[actor]), people[target], **form)
     assert response.status_code == 400
     assert escape(refusal) in text(response)
-    after = {u.pk: (role_of(acme, u), User.objects.get(pk=u.pk).is_active) for u in people.values()}
+    with tenant_context(acme.tenant):
+        active = {u.pk: User.objects.get(pk=u.pk).is_active for u in people.values()}
+    after = {u.pk: (role_of(acme, u), active[u.pk]) for u in people.values()}
     assert after == before
     assert audit_events(acme, "member.role_changed") == []
     assert audit_events(acme, "member.deactivated") == []
@@ -401,7 +405,9 @@ def test_a_deactivated_person_is_signed_out_at_the_next_request(acme: World) -> 
     # Reactivated: he signs in again.
     assert member_change(owner, acme.other_client, change="reactivate").status_code == 302
     assert len(audit_events(acme, "member.reactivated")) == 1
-    signed_in_again = browser(User.objects.get(pk=acme.other_client.pk))  # a fresh sign-in
+    with tenant_context(acme.tenant):
+        again = User.objects.get(pk=acme.other_client.pk)
+    signed_in_again = browser(again)  # a fresh sign-in
     assert signed_in_again.get(thread).status_code == 200
 
 
@@ -416,7 +422,8 @@ def test_a_session_ended_by_deactivation_stays_ended_after_reactivation(acme: Wo
 def test_a_consultant_may_deactivate_a_client(acme: World) -> None:
     response = member_change(browser(acme.consultant), acme.client, change="deactivate")
     assert response.status_code == 302
-    assert User.objects.get(pk=acme.client.pk).is_active is False
+    with tenant_context(acme.tenant):
+        assert User.objects.get(pk=acme.client.pk).is_active is False
 
 
 # --------------------------------------------------------------------------- support access

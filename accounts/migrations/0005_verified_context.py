@@ -101,6 +101,9 @@ BEGIN
                    AND u.tenant_id IS NULL;
             END IF;
         END IF;
+    ELSIF v_kind = 'directory' THEN
+        -- The development identity provider's own requests (accounts migration 0006).
+        v_ok := v_tenant = '00000000-0000-0000-0000-000000000000'::uuid AND v_id = '';
     ELSIF v_kind IN ('system', 'operator') AND v_id = '' THEN
         SELECT true INTO v_ok FROM public.tenants_tenant t WHERE t.id = v_tenant;
     END IF;

@@ -110,8 +110,8 @@ def tenant_rows(tenant_id: uuid.UUID | str) -> TenantRows:
 
     tenant = Tenant.objects.get(id=tenant_id)
     rows = TenantRows(tenant_id=str(tenant.id), slug=tenant.slug, uuids={str(tenant.id)})
-    rows.users = set(User.objects.filter(tenant_id=tenant.id).values_list("id", flat=True))
     with tenant_context(tenant.id), audit_operator():
+        rows.users = set(User.objects.filter(tenant_id=tenant.id).values_list("id", flat=True))
         for model in apps.get_models():
             if not issubclass(model, TenantScopedModel) or model._meta.abstract:
                 continue

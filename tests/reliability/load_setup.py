@@ -43,17 +43,17 @@ TIGHT_USER_REQUESTS_PER_MINUTE = 2
 
 def _person(tenant: Tenant, issuer: str, name: str, role: str) -> dict[str, Any]:
     subject = f"{tenant.slug}-{name}"
-    user = User.objects.create(
-        username=f"{name}@{tenant.slug}.load",
-        email=f"{name}@{tenant.slug}.load",
-        first_name=name.title(),
-        tenant=tenant,
-        oidc_issuer=issuer,
-        oidc_subject=subject,
-    )
-    user.set_unusable_password()
-    user.save(update_fields=["password"])
-    with tenant_context(tenant):
+    with tenant_context(tenant):  # people are tenant rows
+        user = User.objects.create(
+            username=f"{name}@{tenant.slug}.load",
+            email=f"{name}@{tenant.slug}.load",
+            first_name=name.title(),
+            tenant=tenant,
+            oidc_issuer=issuer,
+            oidc_subject=subject,
+        )
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
         Membership.objects.create(user=user, role=role)
     return {"id": user.pk, "subject": subject, "role": role}
 

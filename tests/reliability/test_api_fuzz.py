@@ -58,8 +58,9 @@ from schemathesis.checks import CheckContext, not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from accounts import oidc
-from accounts.models import User
 from agents import runs
+from tenants.context import tenant_context
+from tests.factories import UserFactory
 from tests.reliability.identity import LocalIssuer
 from tests.reliability.leaks import IdLedger, tenant_rows
 from tests.test_api_access import ResumeWithoutGraph, Tenancy, make_tenancy
@@ -204,13 +205,14 @@ def tenancies(
             signal.disconnect(close_old_connections)
         oidc.reset_caches()
         try:
-            staff = User.objects.create(username="sam@platform.test", is_staff=True)
+            staff = UserFactory.create(username="sam@platform.test", tenant=None, is_staff=True)
             built = {slug: make_tenancy(slug, staff) for slug in TENANTS}
             for slug, tenancy in built.items():
                 # The owner's JWT names this very account, as after a first login.
                 owner = tenancy.world.owner
                 owner.oidc_issuer, owner.oidc_subject = issuer.issuer, f"owner-{slug}"
-                owner.save(update_fields=["oidc_issuer", "oidc_subject"])
+                with tenant_context(tenancy.world.tenant):
+                    owner.save(update_fields=["oidc_issuer", "oidc_subject"])
             yield built
         finally:
             transaction.set_rollback(True)

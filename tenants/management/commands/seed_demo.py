@@ -109,7 +109,12 @@ class Command(BaseCommand):
             f"at {settings.SITE_URL}/admin/enroll/)\n    {SUPPORT_USERNAME}\n"
         )
 
+    @transaction.atomic
     def seed_support_staff(self) -> None:
+        with platform_context():  # platform staff are platform rows
+            self.create_support_staff()
+
+    def create_support_staff(self) -> None:
         if User.objects.filter(username=SUPPORT_USERNAME).exists():
             return
         staff = User(
@@ -135,13 +140,19 @@ class Command(BaseCommand):
                     "brand_color": spec["brand_color"],
                 },
             )
-        if not created:
-            if settings.DEV_IDP:  # demo data from before the local provider: give it logins
+        # People are tenant rows: written in the tenant's context.
+        with tenant_context(tenant):
+            if created:
+                self.seed_people(tenant, spec)
+            elif settings.DEV_IDP:  # demo data from before the local provider: give it logins
                 for username, _first, _last, role in spec["people"]:
                     user = User.objects.filter(username=f"{username}@{spec['slug']}.demo").first()
                     if user is not None and not user.oidc_subject:
                         self.register_identity(user, tenant, role)
-            return
+        if created:
+            self.stdout.write(self.style.SUCCESS(f"Created demo tenant {tenant.name}"))
+
+    def seed_people(self, tenant: Tenant, spec: dict[str, Any]) -> None:
         users: dict[str, User] = {}
         for username, first, last, role in spec["people"]:
             user = User(
@@ -156,26 +167,24 @@ class Command(BaseCommand):
             users[username] = user
             if settings.DEV_IDP:
                 self.register_identity(user, tenant, role)
-        with tenant_context(tenant):
-            for username, _first, _last, role in spec["people"]:
-                Membership.objects.create(user=users[username], role=role)
-            consultant = next(users[n] for n, *_rest, r in spec["people"] if r == "consultant")
-            for filename, title in spec["playbooks"]:
-                self.add_playbook(tenant, consultant, filename, title)
-            for client_name, title, question in spec["conversations"]:
-                client = users[client_name]
-                conversation = actions.create_conversation(
-                    acting_user=client, client=client, title=title
-                )
-                # A real agent run: its draft waits in the consultant's review queue once the
-                # worker has picked it up.
-                actions.post_message(
-                    acting_user=client,
-                    role=Membership.Role.CLIENT,
-                    conversation=conversation,
-                    body=question,
-                )
-        self.stdout.write(self.style.SUCCESS(f"Created demo tenant {tenant.name}"))
+        for username, _first, _last, role in spec["people"]:
+            Membership.objects.create(user=users[username], role=role)
+        consultant = next(users[n] for n, *_rest, r in spec["people"] if r == "consultant")
+        for filename, title in spec["playbooks"]:
+            self.add_playbook(tenant, consultant, filename, title)
+        for client_name, title, question in spec["conversations"]:
+            client = users[client_name]
+            conversation = actions.create_conversation(
+                acting_user=client, client=client, title=title
+            )
+            # A real agent run: its draft waits in the consultant's review queue once the
+            # worker has picked it up.
+            actions.post_message(
+                acting_user=client,
+                role=Membership.Role.CLIENT,
+                conversation=conversation,
+                body=question,
+            )
 
     def add_playbook(self, tenant: Tenant, consultant: User, filename: str, title: str) -> None:
         data = (PLAYBOOK_DIR / filename).read_bytes()
