@@ -399,6 +399,13 @@ def test_the_attacks_through_an_injectable_view(acme: World, globex: World) -> N
         )
         assert answer == {"rows": [[0]]}
     assert inject("SELECT count(*) FROM playbook_context_keys")["error"]
+    assert inject("SELECT count(*) FROM accounts_user") == {"rows": [[4]]}  # acme's people
+    assert inject("SELECT session_data FROM django_session")["error"]
+    assert inject("CREATE TEMP TABLE accounts_membership (role text)")["error"]
+    assert inject(
+        f"UPDATE tenants_tenant SET plan = 'enterprise' WHERE id = '{globex.tenant.id}' "
+        "RETURNING id"
+    ) == {"rows": []}
     with tenant_context(globex.tenant):
         assert Conversation.objects.filter(title__contains="pwned").count() == 0
 
