@@ -47,6 +47,7 @@ from audit.models import AuditEvent
 from conversations.models import Conversation, Message
 from tenants.context import (
     Principal,
+    TenantContextRefused,
     current_support_session_id,
     platform_context,
     tenant_context,
@@ -54,9 +55,25 @@ from tenants.context import (
 from tenants.models import Credential, Tenant
 
 
+def _has_confirmed_device(staff: User) -> bool:
+    with platform_context(staff.pk):
+        return TOTPDevice.objects.filter(user=staff, confirmed=True).exists()
+
+
 class SupportLoginForm(OTPAdminAuthenticationForm):
     """django-otp's admin login; a backup code is digested before its device compares it
-    (the database holds digests only) and every use or refusal is logged."""
+    (the database holds digests only) and every use or refusal is logged. The second factor
+    is read in a platform context for the account whose password was just checked: the
+    devices are platform rows (accounts migration 0008)."""
+
+    def clean_otp(self, user: Any) -> None:
+        if user is None:
+            return
+        try:
+            with platform_context(user.pk):
+                super().clean_otp(user)
+        except TenantContextRefused:  # not (or no longer) active platform staff
+            raise self.get_invalid_login_error() from None
 
     def _verify_token(self, user: User, token: str, device: Device | None = None) -> Device:
         if not isinstance(device, StaticDevice):
@@ -151,24 +168,28 @@ class SupportAdminSite(OTPAdminSite):
             return self.backup_codes_view(request)
         user_id = request.session.get("otp_enroll_user")
         user = user_by_id(user_id) if user_id else None
-        if user is None:
-            form = AuthenticationForm(request, data=request.POST or None)
-            if request.method == "POST" and form.is_valid():
-                candidate = form.get_user()
-                if not support.is_support_staff(candidate):
-                    form.add_error(None, "Only platform staff use the support admin.")
-                elif TOTPDevice.objects.filter(user=candidate, confirmed=True).exists():
-                    messages.info(request, "You are already enrolled: log in with your code.")
-                    return HttpResponseRedirect(reverse("admin:login"))
-                else:
-                    request.session["otp_enroll_user"] = candidate.pk
-                    return HttpResponseRedirect(reverse("admin:otp_enroll"))
-            return render(
-                request,
-                "admin/otp_enroll.html",
-                {"step": "password", "form": form, "site_header": self.site_header},
-            )
+        # The devices are platform rows: read and written in this staff member's context.
+        if user is not None and support.is_support_staff(user):
+            with platform_context(user.pk):
+                return self.enroll_device(request, user)
+        form = AuthenticationForm(request, data=request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            candidate = form.get_user()
+            if not support.is_support_staff(candidate):
+                form.add_error(None, "Only platform staff use the support admin.")
+            elif _has_confirmed_device(candidate):
+                messages.info(request, "You are already enrolled: log in with your code.")
+                return HttpResponseRedirect(reverse("admin:login"))
+            else:
+                request.session["otp_enroll_user"] = candidate.pk
+                return HttpResponseRedirect(reverse("admin:otp_enroll"))
+        return render(
+            request,
+            "admin/otp_enroll.html",
+            {"step": "password", "form": form, "site_header": self.site_header},
+        )
 
+    def enroll_device(self, request: HttpRequest, user: User) -> HttpResponse:
         device, _ = TOTPDevice.objects.get_or_create(
             user=user, confirmed=False, defaults={"name": "Authenticator app"}
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
@@ -18,6 +19,8 @@ from django.http import HttpRequest, HttpResponse
 
 from accounts.api_keys import authenticate_api_key, looks_like_api_key
 from accounts.oidc import InvalidToken, TenantClaimMismatch, bind_user, verify_jwt
+from accounts.support import is_support_staff
+from tenants.context import TenantContextRefused, platform_context
 
 logger = logging.getLogger(__name__)
 
@@ -69,3 +72,26 @@ class BearerAuthenticationMiddleware:
         request.user = binding.user
         request.auth_method = "jwt"  # type: ignore[attr-defined]
         request.token_claims = claims  # type: ignore[attr-defined]
+
+
+class StaffPlatformMiddleware:
+    """Support admin requests of platform staff run in a verified platform context, entered
+    before django-otp reads the staff member's second factor: devices are platform rows
+    (accounts migration 0008). Tenant data still needs a support session (the tenant
+    middleware switches into it for the view)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path_info.startswith("/admin/"):
+            return self.get_response(request)
+        user = getattr(request, "user", None)  # Django's lazy user: a signed lookup
+        if not is_support_staff(user):
+            return self.get_response(request)
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(platform_context(user.pk))  # type: ignore[union-attr]
+            except TenantContextRefused:  # deactivated since the session began: no factors
+                logger.info("platform context refused for staff %s", user.pk)  # type: ignore[union-attr]
+            return self.get_response(request)

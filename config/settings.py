@@ -39,6 +39,7 @@ SECRET_KEY = env.str("SECRET_KEY", default="" if PRODUCTION else _DEV_SECRET_KEY
 if not SECRET_KEY:
     raise ImproperlyConfigured("Set the environment variable SECRET_KEY (PLAYBOOK_ENV=production).")
 
+
 def _context_keys(raw: str) -> list[tuple[str, bytes]]:
     """TENANT_CONTEXT_KEYS: `kid:hex,kid:hex`, the first signs new tenant contexts, every one
     is installed in the database (owner-only table) by `manage.py install_context_keys`.
@@ -112,6 +113,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Staff at the support admin: a verified platform context before django-otp reads
+    # their second factor (platform rows).
+    "accounts.middleware.StaffPlatformMiddleware",
     "django_otp.middleware.OTPMiddleware",
     # Bearer credentials (JWT, API key) are verified before the tenant is entered, so the
     # whole view runs inside the principal's tenant.

@@ -5,8 +5,16 @@ from __future__ import annotations
 from django.conf import settings
 from oauth2_provider.models import get_application_model
 
+from tenants.context import directory_context
+
 
 def ensure_web_client(redirect_uris: list[str], post_logout_uris: list[str]) -> None:
+    """The provider's tables are read and written in its directory context (migration 0002)."""
+    with directory_context():
+        _save_web_client(redirect_uris, post_logout_uris)
+
+
+def _save_web_client(redirect_uris: list[str], post_logout_uris: list[str]) -> None:
     Application = get_application_model()
     app = Application.objects.filter(client_id=settings.OIDC_RP_CLIENT_ID).first()
     if app is None:

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections, models
@@ -201,6 +202,71 @@ def runtime_role_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckM
             )
         )
     return errors
+
+
+#: Tables of secrets that tenant traffic must never read: the staff's second factors
+#: (django-otp) and, in development, the local provider's directory, clients and live tokens.
+SECRET_TABLES = ("otp\\_%", "oauth2\\_provider\\_%", "devidp\\_%")
+#: The only contexts that read them: verified platform staff, and the development provider.
+SECRET_CONTEXTS = (PLATFORM_FUNCTION, "playbook_context_directory")
+
+
+def secret_table_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckMessage]:
+    """Every secret table the runtime role may touch has row-level security, and each of its
+    policies admits only a verified platform or directory context."""
+    allowed = {f"{schema}{name}()" for name in SECRET_CONTEXTS for schema in ("", "public.")}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, c.relrowsecurity, array_remove(array_agg(p.qual), NULL), "
+            "  array_remove(array_agg(p.with_check), NULL), count(p.policyname) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_policies p ON p.schemaname = n.nspname AND p.tablename = c.relname "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+            "AND c.relname LIKE ANY(%s) "
+            "AND has_table_privilege(current_user, c.oid, 'SELECT, INSERT, UPDATE, DELETE') "
+            "GROUP BY c.relname, c.relrowsecurity ORDER BY 1",
+            [list(SECRET_TABLES)],
+        )
+        rows = cursor.fetchall()
+    return [
+        checks.Error(
+            f"Table {table} holds secrets (second factors or identity-provider tokens) that "
+            "the runtime role may read outside a verified platform or directory context.",
+            hint="Enable row-level security with one policy calling "
+            "playbook_context_platform() (accounts migration 0008) or "
+            "playbook_context_directory() (devidp migration 0002).",
+            id="tenants.E017",
+        )
+        for table, secured, quals, with_checks, policies in rows
+        if not secured
+        or not policies
+        or len(quals) != policies
+        or not set(quals) | set(with_checks) <= allowed
+    ]
+
+
+def other_database_problems(connection: BaseDatabaseWrapper) -> list[checks.CheckMessage]:
+    """In production the runtime role connects to its own database only. (In development one
+    embedded cluster serves the development and the test databases with the same role.)"""
+    if not settings.PRODUCTION:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn "
+            "AND datname <> current_database() "
+            "AND has_database_privilege(current_user, oid, 'CONNECT') ORDER BY 1"
+        )
+        others = [row[0] for row in cursor.fetchall()]
+    if not others:
+        return []
+    return [
+        checks.Error(
+            f"The runtime role may connect to other databases: {', '.join(others)}.",
+            hint="REVOKE CONNECT ON DATABASE <name> FROM PUBLIC (and from the runtime role); "
+            "`manage.py provision_database` does it for the administrator's databases.",
+            id="tenants.E018",
+        )
+    ]
 
 
 def table_problems(
@@ -464,6 +530,8 @@ def tenant_boundary_problems(alias: str = "default") -> list[checks.CheckMessage
     connection = connections[alias]
     return (
         runtime_role_problems(connection)
+        + secret_table_problems(connection)
+        + other_database_problems(connection)
         + table_problems(connection)
         + function_problems(connection)
         + platform_table_problems(connection)

@@ -319,8 +319,13 @@ def platform_context(
 @contextmanager
 def directory_context(*, using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     """The development identity provider's requests: every account (its directory), no
-    tenant's data. Only `devidp` (DEV_IDP, refused in production) enters it."""
-    with tenant_context(PLATFORM_TENANT, principal=DIRECTORY, using=using):
+    tenant's data. Only `devidp` (DEV_IDP, refused in production) enters it; inside another
+    context (seeding a demo tenant) the block runs in a savepoint, as `platform_context`."""
+    if _active.get() is None:
+        with tenant_context(PLATFORM_TENANT, principal=DIRECTORY, using=using):
+            yield
+        return
+    with _switched(PLATFORM_TENANT, DIRECTORY, using):
         yield
 
 

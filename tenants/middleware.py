@@ -22,7 +22,13 @@ from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
-from tenants.context import Principal, TenantContextRefused, current_tenant_id, tenant_context
+from tenants.context import (
+    DIRECTORY,
+    Principal,
+    TenantContextRefused,
+    current_principal,
+    tenant_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +60,8 @@ class TenantContextMiddleware:
         )
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if current_tenant_id() is not None:
-            return self.get_response(request)  # an earlier middleware chose (the directory)
+        if current_principal() == DIRECTORY:
+            return self.get_response(request)  # the development provider's own requests
         resolved = self.resolve(request)
         if resolved is None:
             return self.get_response(request)

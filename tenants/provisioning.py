@@ -10,10 +10,14 @@ call it before settings exist. `manage.py provision_database` is the operator's 
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+
+#: Databases every cluster has, open to PUBLIC by default.
+MAINTENANCE_DATABASES = ("postgres", "template1")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,20 @@ def provision(
                     db=sql.Identifier(database)
                 )
             )
+        # The runtime role connects to its own database only (the check tenants.E018): the
+        # administrator's databases grant CONNECT to PUBLIC out of the box.
+        for maintenance in MAINTENANCE_DATABASES:
+            cur.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s AND datallowconn", [maintenance]
+            )
+            if cur.fetchone() and maintenance != database:
+                # A managed service's own database may refuse: the check names it then.
+                with suppress(psycopg.errors.InsufficientPrivilege):
+                    cur.execute(
+                        sql.SQL("REVOKE CONNECT ON DATABASE {db} FROM PUBLIC").format(
+                            db=sql.Identifier(maintenance)
+                        )
+                    )
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
         if not cur.fetchone():
             cur.execute(

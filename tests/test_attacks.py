@@ -20,15 +20,19 @@ import pytest
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.test import Client, override_settings
+from django_otp.plugins.otp_totp.models import TOTPDevice
+from oauth2_provider.models import get_access_token_model, get_application_model
 
 from audit.actions import audit_operator, record_audit_event
 from audit.export import verify_tenant_log
 from audit.models import AuditEvent
 from billing.models import PlanLimit
 from conversations.models import Conversation
+from devidp.models import DevIdentity
 from tenants.context import (
     Principal,
     TenantContextRefused,
+    directory_context,
     platform_context,
     sign_context,
     tenant_context,
@@ -304,9 +308,55 @@ def test_people_of_other_tenants_and_staff_are_out_of_reach(
         )
         == []
     )
+    # Staff second factors: TOTP secrets and backup-code digests are platform rows.
+    with platform_context():
+        TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
+        assert TOTPDevice.objects.count() == 1
+    for table in ("otp_totp_totpdevice", "otp_static_staticdevice", "otp_static_statictoken"):
+        assert rows(f"SELECT count(*) FROM public.{table}") == [(0,)]
+    assert rows("UPDATE public.otp_totp_totpdevice SET key = '00' RETURNING id") == []
     # The signed lookup answers only the app.
     for forged in ("", "v1|k|lookup|id|MQ==|9999999999|00|" + "0" * 64):
         assert refused("SELECT * FROM public.playbook_lookup_user(%s)", [forged])
+
+
+def test_the_development_providers_tokens_are_out_of_reach(acme: World) -> None:
+    """In development the local provider's live tokens sit in the same database: only its own
+    requests (the directory context) read them."""
+    Application, AccessToken = get_application_model(), get_access_token_model()
+    with directory_context():
+        app = Application.objects.create(
+            name="Mobile",
+            client_id="mobile",
+            client_type=Application.CLIENT_PUBLIC,
+            authorization_grant_type=Application.GRANT_AUTHORIZATION_CODE,
+        )
+        AccessToken.objects.create(
+            user=acme.client, application=app, token="live-token", expires="2999-01-01T00:00Z"
+        )
+        DevIdentity.objects.create(user=acme.client, tenant_claim=str(acme.tenant.id))
+        assert AccessToken.objects.filter(token="live-token").exists()
+    with transaction.atomic(), tenant_context(acme.tenant, user_id=acme.client.pk):
+        for table in (
+            "oauth2_provider_accesstoken",
+            "oauth2_provider_refreshtoken",
+            "oauth2_provider_application",
+            "oauth2_provider_grant",
+            "oauth2_provider_idtoken",
+            "devidp_devidentity",
+        ):
+            assert rows(f"SELECT count(*) FROM public.{table}") == [(0,)], table
+        assert rows("UPDATE public.devidp_devidentity SET roles = '[\"owner\"]' RETURNING id") == []
+        with pytest.raises(DatabaseError, match="row-level security"), transaction.atomic():
+            Application.objects.create(
+                name="Evil",
+                client_id="evil",
+                client_type=Application.CLIENT_PUBLIC,
+                authorization_grant_type=Application.GRANT_IMPLICIT,
+                skip_authorization=True,
+            )
+    with platform_context():  # staff see no provider tokens either
+        assert not AccessToken.objects.exists()
 
 
 # --------------------------------------------------------------------------- the audit log

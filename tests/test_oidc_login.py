@@ -32,7 +32,7 @@ from audit.actions import audit_operator
 from audit.models import AuditEvent
 from devidp.clients import ensure_web_client
 from devidp.models import DevIdentity
-from tenants.context import tenant_context
+from tenants.context import directory_context, tenant_context
 from tests.factories import TenantFactory, UserFactory, World, build_world
 
 PASSWORD = "correct horse battery"  # tests.factories.UserFactory's password
@@ -56,7 +56,8 @@ def provider(live_server_url: str) -> Iterator[Provider]:
 
 
 def give_identity(user: User, *, tenant_claim: str, roles: list[str]) -> DevIdentity:
-    return DevIdentity.objects.create(user=user, tenant_claim=tenant_claim, roles=roles)
+    with directory_context():  # the provider's directory (devidp migration 0002)
+        return DevIdentity.objects.create(user=user, tenant_claim=tenant_claim, roles=roles)
 
 
 def csrf_token(html: str) -> str:
@@ -118,9 +119,7 @@ def test_first_login_binds_the_tenant_from_the_signed_claim(provider: Provider) 
     # Playbook's own account for this subject, bound to the claimed tenant, as it would be
     # for any external provider (the provider's directory entry is not Playbook's account).
     with tenant_context(acme.tenant):
-        account = User.objects.get(
-            oidc_issuer=provider.issuer, oidc_subject=str(identity.subject)
-        )
+        account = User.objects.get(oidc_issuer=provider.issuer, oidc_subject=str(identity.subject))
     assert me["id"] == str(account.pk)
     assert account.tenant_id == acme.tenant.id
     assert not account.has_usable_password()
@@ -171,7 +170,8 @@ def test_a_changed_tenant_claim_is_refused_and_recorded(provider: Provider) -> N
 
     # The provider now says this subject belongs to globex.
     identity.tenant_claim = str(globex.tenant.id)
-    identity.save()
+    with directory_context():
+        identity.save()
     second = requests.Session()
     refused = sign_in(second, provider, acme.consultant.username)
     assert refused.status_code == 403
@@ -254,15 +254,16 @@ def test_an_access_token_from_the_provider_works_on_the_api(provider: Provider) 
     acme = build_world("acme")
     give_identity(acme.consultant, tenant_claim=str(acme.tenant.id), roles=["consultant"])
     application_model = get_application_model()
-    application_model.objects.create(
-        name="Mobile",
-        client_id="playbook-mobile",
-        client_type=application_model.CLIENT_PUBLIC,
-        authorization_grant_type=application_model.GRANT_AUTHORIZATION_CODE,
-        redirect_uris="http://127.0.0.1/mobile-callback",
-        algorithm=application_model.RS256_ALGORITHM,
-        skip_authorization=True,
-    )
+    with directory_context():  # the provider's clients (devidp migration 0002)
+        application_model.objects.create(
+            name="Mobile",
+            client_id="playbook-mobile",
+            client_type=application_model.CLIENT_PUBLIC,
+            authorization_grant_type=application_model.GRANT_AUTHORIZATION_CODE,
+            redirect_uris="http://127.0.0.1/mobile-callback",
+            algorithm=application_model.RS256_ALGORITHM,
+            skip_authorization=True,
+        )
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
     browser = requests.Session()

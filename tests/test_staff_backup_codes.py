@@ -18,6 +18,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.backup_codes import CODES_PER_SET
 from accounts.models import User
+from tenants.context import platform_context
 from tests.factories import UserFactory
 from tests.test_support_admin import PASSWORD, enroll_password_step, page, shown_secret, token_for
 
@@ -32,14 +33,16 @@ OnCommit = Callable[..., AbstractContextManager[Any]]
 def rosa() -> User:
     """Platform staff with a confirmed authenticator app."""
     user = UserFactory.create(username="rosa@platform.test", tenant=None, is_staff=True)
-    TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=True)
+    with platform_context():  # second factors are platform rows
+        TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=True)
     return user
 
 
 def app_login(user: User) -> Client:
     """Rosa at the admin login with her authenticator app's current code."""
     client = Client()
-    app = TOTPDevice.objects.get(user=user)
+    with platform_context():  # second factors are platform rows
+        app = TOTPDevice.objects.get(user=user)
     response = client.post(
         "/admin/login/?next=/admin/",
         {
@@ -57,7 +60,8 @@ def app_login(user: User) -> Client:
 def code_login(user: User, code: str) -> tuple[Client, Any]:
     """The admin login, choosing the device "Backup codes" and typing `code`."""
     client = Client()
-    device = StaticDevice.objects.get(user=user)
+    with platform_context():  # second factors are platform rows
+        device = StaticDevice.objects.get(user=user)
     response = client.post(
         "/admin/login/?next=/admin/",
         {
@@ -85,7 +89,8 @@ def test_after_confirming_totp_staff_generate_ten_codes_shown_once(rosa: User) -
     client = Client()
     enroll_password_step(client, sam)
     key = shown_secret(client.get(ENROLL))
-    app = TOTPDevice.objects.get(user=sam)
+    with platform_context():  # second factors are platform rows
+        app = TOTPDevice.objects.get(user=sam)
     done = client.post(ENROLL, {"token": token_for(app, key)})
     assert done["Location"] == ENROLL
 
@@ -100,7 +105,8 @@ def test_after_confirming_totp_staff_generate_ten_codes_shown_once(rosa: User) -
     assert not CODE.search(later)
     assert f"You have <strong>{CODES_PER_SET}</strong> unused backup codes" in later
     # The database holds digests, none of them a code.
-    stored = set(StaticToken.objects.filter(device__user=sam).values_list("token", flat=True))
+    with platform_context():  # second factors are platform rows
+        stored = set(StaticToken.objects.filter(device__user=sam).values_list("token", flat=True))
     assert len(stored) == CODES_PER_SET
     assert not stored & {c for code in codes for c in (code, code.replace("-", ""))}
 
@@ -115,7 +121,8 @@ def test_a_backup_code_signs_in_at_the_otp_step_once(rosa: User) -> None:
     # Typed loosely (capitals, spaces for dashes) it still works.
     _, loose = code_login(rosa, codes[1].upper().replace("-", " "))
     assert loose.status_code == 302
-    assert StaticToken.objects.filter(device__user=rosa).count() == CODES_PER_SET - 2
+    with platform_context():  # second factors are platform rows
+        assert StaticToken.objects.filter(device__user=rosa).count() == CODES_PER_SET - 2
 
     _, again = code_login(rosa, codes[0])
     assert again.status_code == 200
@@ -125,7 +132,8 @@ def test_a_backup_code_signs_in_at_the_otp_step_once(rosa: User) -> None:
 
 def test_what_the_database_stores_is_not_a_code(rosa: User) -> None:
     generate(app_login(rosa))
-    digest = StaticToken.objects.filter(device__user=rosa).values_list("token", flat=True)[0]
+    with platform_context():  # second factors are platform rows
+        digest = StaticToken.objects.filter(device__user=rosa).values_list("token", flat=True)[0]
     _, response = code_login(rosa, digest)
     assert response.status_code == 200
     assert "Invalid token" in page(response)
@@ -136,8 +144,10 @@ def test_a_new_set_replaces_the_old_one(rosa: User) -> None:
     old = generate(client)
     new = generate(client)
     assert not set(old) & set(new)
-    assert StaticDevice.objects.filter(user=rosa).count() == 1
-    assert StaticToken.objects.filter(device__user=rosa).count() == CODES_PER_SET
+    with platform_context():  # second factors are platform rows
+        assert StaticDevice.objects.filter(user=rosa).count() == 1
+    with platform_context():  # second factors are platform rows
+        assert StaticToken.objects.filter(device__user=rosa).count() == CODES_PER_SET
 
     _, refused = code_login(rosa, old[0])
     assert refused.status_code == 200
@@ -152,7 +162,8 @@ def test_only_verified_staff_get_codes(rosa: User) -> None:
     half.force_login(rosa)
     assert not CODE.search(page(half.post(ENROLL)))
     assert "confirm your password" in page(half.get(ENROLL))
-    assert not StaticToken.objects.exists()
+    with platform_context():  # second factors are platform rows
+        assert not StaticToken.objects.exists()
     assert "confirm your password" in page(Client().get(ENROLL))
 
 

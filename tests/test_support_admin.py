@@ -26,7 +26,7 @@ from accounts.queries import find_user
 from audit.actions import audit_operator, record_audit_event
 from audit.models import AuditEvent
 from conversations.models import Conversation
-from tenants.context import TenantContextRefused, tenant_context
+from tenants.context import TenantContextRefused, platform_context, tenant_context
 from tests.factories import UserFactory, World, build_world
 
 pytestmark = pytest.mark.django_db
@@ -84,7 +84,8 @@ def otp_login(user: User, device: TOTPDevice, token: str | None = None) -> tuple
 
 @pytest.fixture
 def admin_client(staff: User) -> Client:
-    device = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
+    with platform_context():  # second factors are platform rows
+        device = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
     client, response = otp_login(staff, device)
     assert response.status_code == 302, response.content
     assert response["Location"] == "/admin/"
@@ -143,7 +144,8 @@ def test_a_password_session_without_otp_is_sent_to_the_otp_login(
     user = UserFactory.create(
         username="root@platform.test", tenant=None, is_staff=True, is_superuser=superuser
     )
-    TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
+    with platform_context():  # second factors are platform rows
+        TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
     client = Client()
     client.force_login(user)  # Django session, but no second factor verified
     for url in ("/admin/", CONVERSATIONS, "/admin/support/open/"):
@@ -155,7 +157,8 @@ def test_a_password_session_without_otp_is_sent_to_the_otp_login(
 
 
 def test_a_wrong_otp_code_does_not_open_the_admin(staff: User) -> None:
-    device = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
+    with platform_context():  # second factors are platform rows
+        device = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
     client, response = otp_login(staff, device, token=wrong_token_for(device))
     assert response.status_code == 200
     assert "Invalid token" in page(response)
@@ -171,8 +174,10 @@ def test_a_valid_otp_code_opens_the_admin(admin_client: Client) -> None:
 
 def test_tenant_users_never_get_in(acme: World) -> None:
     # A plain tenant user: the admin login form refuses a non-staff account.
-    TOTPDevice.objects.create(user=acme.owner, name="phone", confirmed=True)
-    device = TOTPDevice.objects.get(user=acme.owner)
+    with platform_context():  # second factors are platform rows
+        TOTPDevice.objects.create(user=acme.owner, name="phone", confirmed=True)
+    with platform_context():  # second factors are platform rows
+        device = TOTPDevice.objects.get(user=acme.owner)
     client, response = otp_login(acme.owner, device)
     assert response.status_code == 200
     assert client.get("/admin/")["Location"].startswith("/admin/login/")
@@ -182,7 +187,8 @@ def test_tenant_users_never_get_in(acme: World) -> None:
     with tenant_context(acme.tenant):
         User.objects.filter(pk=acme.consultant.pk).update(is_staff=True, is_superuser=True)
         flagged = User.objects.get(pk=acme.consultant.pk)
-    flagged_device = TOTPDevice.objects.create(user=flagged, name="phone", confirmed=True)
+    with platform_context():  # second factors are platform rows
+        flagged_device = TOTPDevice.objects.create(user=flagged, name="phone", confirmed=True)
     client, _ = otp_login(flagged, flagged_device)
     response = client.get("/admin/")
     assert response.status_code == 302
@@ -214,7 +220,8 @@ def test_enrolment_confirms_a_device_and_logs_in_verified(staff: User) -> None:
     scan = client.get("/admin/enroll/")
     assert scan.status_code == 200
     assert "<svg" in page(scan)
-    device = TOTPDevice.objects.get(user=staff)
+    with platform_context():  # second factors are platform rows
+        device = TOTPDevice.objects.get(user=staff)
     assert not device.confirmed
     key = shown_secret(scan)
     assert key == device.bin_key
@@ -225,27 +232,32 @@ def test_enrolment_confirms_a_device_and_logs_in_verified(staff: User) -> None:
     done = client.post("/admin/enroll/", {"token": token_for(device, key)})
     assert done.status_code == 302
     assert done["Location"] == "/admin/enroll/"  # next: backup codes (test_staff_backup_codes)
-    device.refresh_from_db()
+    with platform_context():  # second factors are platform rows
+        device.refresh_from_db()
     assert device.confirmed
-    assert TOTPDevice.objects.filter(user=staff).count() == 1
+    with platform_context():  # second factors are platform rows
+        assert TOTPDevice.objects.filter(user=staff).count() == 1
     assert client.get("/admin/").status_code == 200
 
     # Enrolled: the enrolment page no longer hands out a device; the OTP login is the way.
     again = enroll_password_step(Client(), staff)
     assert again.status_code == 302
     assert again["Location"] == "/admin/login/"
-    assert TOTPDevice.objects.filter(user=staff).count() == 1
+    with platform_context():  # second factors are platform rows
+        assert TOTPDevice.objects.filter(user=staff).count() == 1
 
 
 def test_enrolment_with_a_wrong_code_confirms_nothing(staff: User) -> None:
     client = Client()
     enroll_password_step(client, staff)
     client.get("/admin/enroll/")
-    device = TOTPDevice.objects.get(user=staff)
+    with platform_context():  # second factors are platform rows
+        device = TOTPDevice.objects.get(user=staff)
     response = client.post("/admin/enroll/", {"token": wrong_token_for(device)})
     assert response.status_code == 200
     assert "That code is not valid" in page(response)
-    device.refresh_from_db()
+    with platform_context():  # second factors are platform rows
+        device.refresh_from_db()
     assert not device.confirmed
     assert client.get("/admin/").status_code == 302
 
@@ -258,12 +270,14 @@ def test_enrolment_refuses_tenant_users_and_wrong_passwords(acme: World, staff: 
     assert "otp_enroll_user" not in client.session
     # Still on the password step: no key shown, no device created.
     assert "Key:" not in page(client.get("/admin/enroll/"))
-    assert not TOTPDevice.objects.filter(user=acme.owner).exists()
+    with platform_context():  # second factors are platform rows
+        assert not TOTPDevice.objects.filter(user=acme.owner).exists()
 
     bad = client.post("/admin/enroll/", {"username": staff.username, "password": "nope"})
     assert bad.status_code == 200
     assert "otp_enroll_user" not in client.session
-    assert not TOTPDevice.objects.exists()
+    with platform_context():  # second factors are platform rows
+        assert not TOTPDevice.objects.exists()
 
 
 # --------------------------------------------------------------------------- support sessions

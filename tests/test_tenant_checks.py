@@ -20,8 +20,10 @@ from conversations.models import Message
 from tenants.checks import (
     check_tenant_model_shape,
     function_problems,
+    other_database_problems,
     platform_table_problems,
     runtime_role_problems,
+    secret_table_problems,
     table_problems,
     tenant_boundary_problems,
     unprotected_tenant_tables,
@@ -265,8 +267,7 @@ def test_temporary_search_path_and_sessions_granted_back_fail_the_check(
             ),
             (
                 f'ALTER ROLE {runtime} IN DATABASE "{database}" RESET search_path',
-                f'ALTER ROLE {runtime} IN DATABASE "{database}" '
-                "SET search_path = public, pg_temp",
+                f'ALTER ROLE {runtime} IN DATABASE "{database}" SET search_path = public, pg_temp',
                 "tenants.E015",
             ),
             (
@@ -319,3 +320,63 @@ def test_any_table_holding_tenant_id_without_rls_fails_the_check(
         owner_sql("DROP TABLE test_unmodelled")
         owner_sql("ALTER TABLE accounts_user ENABLE ROW LEVEL SECURITY")
     assert unprotected_tenant_tables(connections["default"]) == []
+
+
+@pytest.mark.django_db
+def test_secret_tables_open_to_tenant_traffic_fail_the_check(
+    owner_sql: Callable[..., Any],
+) -> None:
+    assert secret_table_problems(connections["default"]) == []
+    owner_sql("ALTER TABLE otp_totp_totpdevice DISABLE ROW LEVEL SECURITY")
+    owner_sql("CREATE POLICY peek ON oauth2_provider_accesstoken FOR SELECT USING (true)")
+    owner_sql(
+        "CREATE POLICY peek ON otp_static_statictoken FOR SELECT "
+        "USING (playbook_context_platform() OR true)"
+    )
+    try:
+        problems = secret_table_problems(connections["default"])
+        assert ids(problems) == {"tenants.E017"}
+        assert sorted(p.msg.split()[1] for p in problems) == [
+            "oauth2_provider_accesstoken",
+            "otp_static_statictoken",
+            "otp_totp_totpdevice",
+        ]
+    finally:
+        owner_sql("DROP POLICY peek ON otp_static_statictoken")
+        owner_sql("DROP POLICY peek ON oauth2_provider_accesstoken")
+        owner_sql("ALTER TABLE otp_totp_totpdevice ENABLE ROW LEVEL SECURITY")
+    assert secret_table_problems(connections["default"]) == []
+
+
+@pytest.mark.django_db
+def test_the_runtime_role_connects_to_its_own_database_only(
+    settings: Any,
+) -> None:
+    runtime = connections["default"].settings_dict
+    # The administrator's databases are closed to it (provisioning revoked PUBLIC's CONNECT).
+    for maintenance in ("postgres", "template1"):
+        with pytest.raises(psycopg.OperationalError, match="permission denied"):
+            psycopg.connect(
+                psycopg.conninfo.make_conninfo(
+                    settings.DATABASE_ADMIN_URL,
+                    dbname=maintenance,
+                    user=runtime["USER"],
+                    password=runtime["PASSWORD"],
+                )
+            ).close()
+    # Production refuses a runtime role that may open another database. (Here the
+    # development database of the same cluster is one, by design: see the check.)
+    settings.PRODUCTION = True
+    with psycopg.connect(settings.DATABASE_ADMIN_URL, autocommit=True) as admin:
+        admin.execute('DROP DATABASE IF EXISTS "playbook_other"')
+        admin.execute('CREATE DATABASE "playbook_other"')
+        try:
+            admin.execute(f'GRANT CONNECT ON DATABASE "playbook_other" TO "{runtime["USER"]}"')
+            problems = other_database_problems(connections["default"])
+            assert ids(problems) == {"tenants.E018"}
+            assert "playbook_other" in problems[0].msg
+            assert runtime["NAME"] not in problems[0].msg.rstrip(".").split(": ")[1].split(", ")
+        finally:
+            admin.execute('DROP DATABASE "playbook_other"')
+    settings.PRODUCTION = False
+    assert other_database_problems(connections["default"]) == []

@@ -14,7 +14,7 @@ from accounts.models import Membership, User
 from agents.models import Document
 from agents.tasks import ingest_document
 from conversations import actions
-from tenants.context import platform_context, tenant_context
+from tenants.context import directory_context, platform_context, tenant_context
 from tenants.models import Tenant
 
 PLAYBOOK_DIR = Path(__file__).resolve().parents[2] / "demo_playbooks"
@@ -204,7 +204,10 @@ class Command(BaseCommand):
         """The person's account at the local provider, already bound (as after a first login)."""
         from devidp.models import DevIdentity
 
-        identity = DevIdentity.objects.create(user=user, tenant_claim=str(tenant.id), roles=[role])
+        with directory_context():  # the provider's directory (devidp migration 0002)
+            identity = DevIdentity.objects.create(
+                user=user, tenant_claim=str(tenant.id), roles=[role]
+            )
         user.oidc_issuer = settings.OIDC_ISSUER
         user.oidc_subject = str(identity.subject)
         user.save(update_fields=["oidc_issuer", "oidc_subject"])
