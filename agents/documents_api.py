@@ -18,7 +18,7 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -36,6 +36,7 @@ from agents.documents import (
 from agents.models import Document
 from config.api_errors import error_body
 from tenants.api import TenantScopedViewSet
+from tenants.inputs import GuardedJSONParser
 
 
 class DocumentSerializer(serializers.ModelSerializer):
@@ -112,7 +113,7 @@ class DocumentViewSet(
 
     model = Document
     serializer_class = DocumentSerializer
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [MultiPartParser, FormParser, GuardedJSONParser]
     roles = {
         "list": TEAM | {API_KEY},
         "retrieve": TEAM | {API_KEY},

@@ -12,7 +12,6 @@ from django.views.decorators.http import require_GET
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 
 from accounts.roles import ADMINS
@@ -22,6 +21,7 @@ from audit.export import create_checkpoint, iter_export
 from audit.models import AuditEvent
 from tenants.api import TenantScopedViewSet
 from tenants.context import current_principal, tenant_context
+from tenants.inputs import GuardedCursorPagination
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
@@ -89,7 +89,7 @@ FILTER_PARAMETERS = [
 ]
 
 
-class NewestFirst(CursorPagination):
+class NewestFirst(GuardedCursorPagination):
     ordering = "-seq"
     page_size = 50
     page_size_query_param = "page_size"

@@ -27,6 +27,7 @@ from billing.limiter import limits_for, period_of, period_start, settled_spend_f
 from billing.models import UsageEvent
 from tenants.api import TenantScopedViewSet
 from tenants.context import require_tenant_id
+from tenants.inputs import SaneDateField
 
 MICRO = 1_000_000
 MAX_RANGE_DAYS = 366
@@ -57,10 +58,10 @@ class UsageRangeSerializer(serializers.Serializer):
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
         # `from` is a Python keyword: declared here, read as `start` / `end`.
-        fields["from"] = serializers.DateField(
+        fields["from"] = SaneDateField(
             required=False, source="start", help_text="First day (UTC), included."
         )
-        fields["to"] = serializers.DateField(
+        fields["to"] = SaneDateField(
             required=False, source="end", help_text="Last day (UTC), included."
         )
         return fields

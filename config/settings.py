@@ -122,6 +122,8 @@ MIDDLEWARE = [
     "accounts.middleware.BearerAuthenticationMiddleware",
     *(["devidp.middleware.DevIdPSessionMiddleware"] if DEV_IDP else []),
     "tenants.middleware.TenantContextMiddleware",
+    # NUL, broken encodings, oversized or too-deep JSON: a 400 before any view reads them.
+    "tenants.middleware.InputGuardMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -386,6 +388,9 @@ CELERY_BEAT_SCHEDULE["agents-requeue-stalled-runs"] = {
     "schedule": 120.0,
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = PLAYBOOK_MAX_UPLOAD_BYTES + 1024 * 1024
+# What a JSON body may be (tenants/inputs.py): larger is a 413, deeper a 400 `too_deep`.
+INPUT_MAX_JSON_BYTES = env.int("INPUT_MAX_JSON_BYTES", default=1024 * 1024)
+INPUT_MAX_JSON_DEPTH = env.int("INPUT_MAX_JSON_DEPTH", default=32)
 
 # --------------------------------------------------------------------------- credential vault
 # Tenant credentials are encrypted with a per-tenant data key, itself wrapped by a KEK from:
@@ -435,6 +440,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # The body InputGuardMiddleware parsed and checked (tenants/inputs.py), then forms.
+    "DEFAULT_PARSER_CLASSES": [
+        "tenants.inputs.GuardedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -23,6 +23,7 @@ from config.api_errors import (
 )
 from tenants.branding import request_role
 from tenants.checks import runtime_role_problems
+from tenants.inputs import BadInput
 
 
 @never_cache
@@ -56,6 +57,8 @@ def _error_page(
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if isinstance(exception, BadInput):  # tenants.inputs: a stable code and a clear message
+        return _error_page(request, exception.status, exception.code, exception.message, "400.html")
     return _error_page(request, 400, "bad_request", "The request could not be read.", "400.html")
 
 

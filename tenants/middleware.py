@@ -1,4 +1,5 @@
-"""Enter the authenticated principal's tenant for the whole request (DESIGN.md invariant 4).
+"""Enter the authenticated principal's tenant for the whole request (DESIGN.md invariant 4),
+and refuse unreadable input before any view runs (`InputGuardMiddleware`).
 
 The tenant comes from the verified principal (a user's immutable tenant, an API key's
 tenant, or a staff member's open support session), never from the body, query string or a
@@ -19,6 +20,8 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.core.handlers.exception import response_for_exception
+from django.db import DataError
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
@@ -29,6 +32,7 @@ from tenants.context import (
     current_principal,
     tenant_context,
 )
+from tenants.inputs import BadInput, guard_request
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +84,33 @@ class TenantContextMiddleware:
         if resolved.principal.kind in ("user", "api_key"):
             request.user = AnonymousUser()
         return self.get_response(request)
+
+
+class InputGuardMiddleware:
+    """What a request carries is checked before any view reads it (`tenants.inputs`), and a
+    value the database still refuses in a view is a 400, not a 500: the view's transaction
+    has rolled back by then, so nothing is half-written."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        guard_request(request)  # BadInput: Django's 400 handler answers
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, DataError):
+            return None
+        logger.warning(
+            "database refused a value in %s %s: %s",
+            request.method,
+            request.path_info,
+            type(exception.__cause__ or exception).__name__,
+        )
+        return response_for_exception(
+            request,
+            BadInput(
+                "invalid_value",
+                "A value in the request is out of range or too long.",
+            ),
+        )
