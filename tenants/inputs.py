@@ -177,19 +177,26 @@ def guard_request(request: HttpRequest) -> None:
             setattr(request, PARSED_JSON, parse_json(raw))
     elif content_type in FORM_TYPES:
         try:
-            if request.method == "POST":
-                fields, files = request.POST, request.FILES
-            elif content_type == FORM_TYPES[0]:  # PUT / PATCH: Django parses POST only
-                fields, files = QueryDict(request.body, encoding=request.encoding), None
-            else:
-                fields, files = request.parse_file_upload(request.META, io.BytesIO(request.body))
+            fields, names = _form_of(request, content_type)
         except RequestDataTooBig:
             raise _too_large(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) from None
         except (MultiPartParserError, TooManyFieldsSent, UnicodeDecodeError):
             raise BadInput("malformed_form", "The form data could not be read.") from None
         check_pairs(fields.lists(), "the form")
-        for upload in (files or {}).values():
-            check_text(upload.name or "", "a file name")
+        for name in names:
+            check_text(name, "a file name")
+
+
+def _form_of(request: HttpRequest, content_type: str) -> tuple[QueryDict, list[str]]:
+    """The fields and uploaded file names of a form body; Django parses POST's only."""
+    if request.method == "POST":
+        fields: QueryDict = request.POST
+        files = request.FILES
+    elif content_type == FORM_TYPES[0]:
+        return QueryDict(request.body, encoding=request.encoding), []
+    else:
+        fields, files = request.parse_file_upload(request.META, io.BytesIO(request.body))
+    return fields, [upload.name or "" for _, uploads in files.lists() for upload in uploads]
 
 
 def _bounded_body(request: HttpRequest, limit: int) -> bytes:
@@ -270,7 +277,7 @@ class GuardedCursorPagination(CursorPagination):
         try:
             cursor = super().decode_cursor(request)
             if cursor is not None and cursor.position is not None:
-                check_text(cursor.position, self.cursor_query_param)
+                check_text(str(cursor.position), self.cursor_query_param)
                 self._position_field.clean(cursor.position, None)
         except (exceptions.NotFound, BadInput, DjangoValidationError):
             raise exceptions.ValidationError(
