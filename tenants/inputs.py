@@ -8,7 +8,7 @@ Refused, with a stable code and a human message (a 4xx JSON body on the API, the
 - `invalid_characters`: NUL, which PostgreSQL text cannot hold, or an unpaired surrogate,
   which is not UTF-8 at all;
 - `invalid_encoding`: a body that is not UTF-8;
-- `malformed_json`: not JSON, or NaN / Infinity / a number too long to read;
+- `malformed_request`: not JSON, or NaN / Infinity / a number too long to read;
 - `too_deep`: JSON nested deeper than `INPUT_MAX_JSON_DEPTH`;
 - `body_too_large` (413): a JSON body over `INPUT_MAX_JSON_BYTES` (uploads have their own
   limit, `PLAYBOOK_MAX_UPLOAD_BYTES`);
@@ -143,7 +143,7 @@ def parse_json(raw: bytes) -> Any:
         raise _too_deep(settings.INPUT_MAX_JSON_DEPTH) from None
     except ValueError as exc:
         raise BadInput(
-            "malformed_json",
+            "malformed_request",
             f"The request body is not valid JSON ({_json_problem(exc)}).",
         ) from None
     check_json(data)

@@ -190,11 +190,11 @@ def test_escaped_backslashes_and_paired_surrogates_are_text(acme: World, owner: 
     ("payload", "code"),
     [
         (b'{"title": "\xff"}', "invalid_encoding"),
-        (b'{"title": NaN}', "malformed_json"),
-        (b'{"title": 1e999}', "malformed_json"),
-        (b'{"title": ' + b"9" * 5000 + b"}", "malformed_json"),
+        (b'{"title": NaN}', "malformed_request"),
+        (b'{"title": 1e999}', "malformed_request"),
+        (b'{"title": ' + b"9" * 5000 + b"}", "malformed_request"),
         (b'{"client": 99999999999999999999}', "number_out_of_range"),
-        (b'{"title": "unterminated', "malformed_json"),
+        (b'{"title": "unterminated', "malformed_request"),
     ],
 )
 def test_unreadable_json_is_refused(owner: Client, payload: bytes, code: str) -> None:
