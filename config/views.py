@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from django.core.cache import caches
@@ -58,7 +59,16 @@ def _error_page(
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if isinstance(exception, BadInput):  # tenants.inputs: a stable code and a clear message
-        return _error_page(request, exception.status, exception.code, exception.message, "400.html")
+        response = _error_page(
+            request, exception.status, exception.code, exception.message, "400.html"
+        )
+        if not _is_api(request) and request.headers.get("HX-Request") == "true":
+            # Not the error page into the fragment: the form stays as typed, and the page's
+            # toast says what to change.
+            toast = {"message": f"{exception.message} Nothing was saved.", "kind": "error"}
+            response["HX-Trigger"] = json.dumps({"toast": toast})
+            response["HX-Reswap"] = "none"
+        return response
     return _error_page(request, 400, "bad_request", "The request could not be read.", "400.html")
 
 

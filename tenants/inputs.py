@@ -67,6 +67,14 @@ class BadInput(BadRequest):
         self.status = status
 
 
+def _subject(field: str) -> str:
+    if not field:
+        return "The text"
+    if field.startswith(("the ", "a ")):
+        return field[0].upper() + field[1:]
+    return f"“{field}”"
+
+
 def _describe(field: str) -> str:
     return f" (in {field})" if field else ""
 
@@ -75,7 +83,8 @@ def check_text(value: str, field: str = "") -> None:
     if _REFUSED.search(value):
         raise BadInput(
             "invalid_characters",
-            f"Text may not contain NUL characters or unpaired surrogates{_describe(field)}.",
+            f"{_subject(field)} contains a character that cannot be saved (a NUL or a "
+            "broken Unicode character). Remove it and try again.",
             field=field,
         )
 

@@ -92,6 +92,23 @@ def test_a_nul_in_a_chat_question_is_the_products_page_and_nothing_is_stored(
     assert counts(acme) == before
 
 
+def test_an_htmx_post_with_a_nul_gets_a_toast_that_says_what_to_change(acme: World) -> None:
+    before = counts(acme)
+    response = browser(acme.client).post(
+        "/chat/new", {"question": "How do I\x00start?"}, headers={"HX-Request": "true"}
+    )
+    assert response.status_code == 400
+    assert json.loads(response["HX-Trigger"]) == {
+        "toast": {
+            "message": "“question” contains a character that cannot be saved (a NUL or a "
+            "broken Unicode character). Remove it and try again. Nothing was saved.",
+            "kind": "error",
+        }
+    }
+    assert response["HX-Reswap"] == "none"  # the form stays as the client typed it
+    assert counts(acme) == before
+
+
 def test_a_nul_in_a_consultants_reply_is_refused_and_nothing_is_stored(acme: World) -> None:
     conversation = acme.conversations[0]
     before = counts(acme)

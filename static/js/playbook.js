@@ -22,7 +22,10 @@
   });
 
   document.body.addEventListener("htmx:responseError", function (event) {
-    var status = event.detail.xhr ? event.detail.xhr.status : 0;
+    var xhr = event.detail.xhr;
+    // The server said what was wrong in its own toast (HX-Trigger): show only that one.
+    if (xhr && /"toast"/.test(xhr.getResponseHeader("HX-Trigger") || "")) return;
+    var status = xhr ? xhr.status : 0;
     var messages = {
       401: "Your session has ended. Reload the page to sign in again.",
       403: "You do not have access to that any more. Reload the page.",
