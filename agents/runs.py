@@ -159,7 +159,7 @@ def execute_run(run: AgentRun) -> AgentRun:
             checkpointer = TenantCheckpointSaver()
             # A new attempt starts over: what an earlier attempt checkpointed is not replayed.
             checkpointer.delete_thread(str(run.id))
-            graph = build_graph(run, registry.resolve(), checkpointer)
+            graph = build_graph(run, registry.resolve(fresh=True), checkpointer)
             graph.invoke(
                 {"messages": conversation_history(run), "question": run.trigger_message.body},
                 _config(run),
@@ -523,7 +523,7 @@ def review_draft(
         "note": note.strip(),
         "reviewer_id": reviewer.pk,
     }
-    graph = build_graph(run, registry.resolve(), TenantCheckpointSaver())
+    graph = build_graph(run, registry.resolve(fresh=True), TenantCheckpointSaver())
     graph.invoke(Command(resume=decision), _config(run))
     message.refresh_from_db()
     return message

@@ -16,6 +16,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from agents.entitlements import NotInPlan
 from tenants.context import TenantScopeError
 
 NOT_FOUND_MESSAGE = "Not found."
@@ -94,8 +95,15 @@ def limiter_response(exc: Exception) -> Response | None:
     return None
 
 
+def refusal_response(exc: BaseException | None) -> Response | None:
+    """A grant beyond the plan (403 naming the plan)."""
+    if isinstance(exc, NotInPlan):
+        return Response(error_body(exc.code, exc.message, plan=exc.plan), status=403)
+    return None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    limited = limiter_response(exc)
+    limited = limiter_response(exc) or refusal_response(exc)
     if limited is not None:
         from rest_framework.views import set_rollback
 
