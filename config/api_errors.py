@@ -18,6 +18,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from agents.entitlements import NotInPlan
 from tenants.context import TenantScopeError
+from tenants.vault.backends import CredentialStoreUnavailable
 
 NOT_FOUND_MESSAGE = "Not found."
 
@@ -96,9 +97,17 @@ def limiter_response(exc: Exception) -> Response | None:
 
 
 def refusal_response(exc: BaseException | None) -> Response | None:
-    """A grant beyond the plan (403 naming the plan)."""
+    """A grant beyond the plan (403 naming the plan), or the credential store unavailable for
+    the call that needed it (503 with Retry-After; nothing was saved)."""
     if isinstance(exc, NotInPlan):
         return Response(error_body(exc.code, exc.message, plan=exc.plan), status=403)
+    if _raised_from(exc, (CredentialStoreUnavailable,)):
+        response = Response(
+            error_body(CredentialStoreUnavailable.code, CredentialStoreUnavailable.user_message),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        response["Retry-After"] = str(CredentialStoreUnavailable.retry_after)
+        return response
     return None
 
 
