@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,20 +60,6 @@ def display_name(user: User) -> str:
 
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def invitation_tenant(token: str) -> uuid.UUID | None:
-    """The tenant a token names (`inv_<tenant hex>_<secret>`), or None if it is malformed.
-    The token proves nothing until its hash is found in that tenant."""
-    if not token.startswith(TOKEN_PREFIX):
-        return None
-    tenant_hex, _, secret = token[len(TOKEN_PREFIX) :].partition("_")
-    if len(secret) < 20:
-        return None
-    try:
-        return uuid.UUID(hex=tenant_hex)
-    except ValueError:
-        return None
 
 
 def find_invitation(token: str) -> Invitation | None:

@@ -1,4 +1,4 @@
-"""Accounts read before a tenant is known.
+"""Accounts (and invitation links) read before a tenant is known.
 
 `accounts_user` is under row-level security (accounts migration 0006): a tenant's people
 only in its context. A session's user, an OIDC subject at login or a username at the
@@ -8,7 +8,11 @@ app signed (`tenants.context.sign_lookup`) -- never a list.
 
 from __future__ import annotations
 
+import re
+import uuid
 from typing import Literal
+
+from django.db import connection
 
 from accounts.models import User
 from tenants.context import sign_lookup
@@ -47,3 +51,20 @@ def user_by_id(user_id: object) -> User | None:
         return find_user("id", str(int(str(user_id))))
     except ValueError:
         return None
+
+
+# An invitation link's token (accounts.actions.invite): inv_<tenant hex>_<secret>.
+INVITATION_TOKEN = re.compile(r"inv_[0-9a-f]{32}_[A-Za-z0-9_-]{20,128}")
+
+
+def open_invitation_tenant(token: str) -> uuid.UUID | None:
+    """The tenant of the open invitation this link is, or None -- the same None for a
+    malformed, unknown, forged, expired, revoked or used link. Checked in the database by
+    `playbook_open_invitation` (accounts migration 0009), which also answers inside another
+    tenant's context; a token of another shape never reaches the database."""
+    if not INVITATION_TOKEN.fullmatch(token):
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT public.playbook_open_invitation(%s)", [token])
+        row = cursor.fetchone()
+    return row[0] if row and row[0] else None

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts import actions
 from accounts.models import Invitation, Membership, SupportSession, User
 from accounts.pages import tenant_page
+from accounts.queries import open_invitation_tenant
 from accounts.roles import ADMINS, TEAM
 from accounts.support import end_support_session_for_tenant
 from tenants.branding import request_role
@@ -163,14 +164,17 @@ def team_invitation_revoke(request: HttpRequest, invitation_id: uuid.UUID) -> Ht
 @require_http_methods(["GET", "POST"])
 def invitation(request: HttpRequest, token: str) -> HttpResponse:
     """What someone who opens an invitation link sees: who invited them, to what, as which
-    role; sign in, then accept. An unknown, expired or used link is one clear page."""
-    tenant_id = actions.invitation_tenant(token)
+    role; sign in, then accept. The link is verified first: one that does not (malformed,
+    unknown, forged, expired, revoked, used) is one neutral page, the same whoever opens it,
+    naming no organisation."""
+    tenant_id = open_invitation_tenant(token)
     tenant = Tenant.objects.defer("logo").filter(id=tenant_id).first() if tenant_id else None
     if tenant is None:
         return _invitation_gone(request)
     user = request.user
     own_tenant = current_tenant_id()
     if own_tenant is not None and own_tenant != tenant.id:
+        # A real, open invitation to another organisation: its name is what the link says.
         return render(
             request,
             "accounts/invitation.html",

@@ -12,7 +12,12 @@ from rest_framework.response import Response
 
 from accounts.roles import ADMINS, API_KEY, CLIENT, MEMBERS, TEAM
 from agents import registry
-from agents.entitlements import entitlement_errors, record_entitlement_change, remove_entitlement
+from agents.entitlements import (
+    check_within_plan,
+    entitlement_errors,
+    record_entitlement_change,
+    remove_entitlement,
+)
 from agents.models import AgentRun, TenantEntitlement
 from agents.runs import live_key
 from conversations.models import Message
@@ -79,10 +84,26 @@ class AgentRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TenantSc
 
 
 class TenantEntitlementSerializer(serializers.ModelSerializer):
+    within_plan = serializers.SerializerMethodField(
+        help_text="False for a grant beyond your plan (and any override Playbook support made "
+        "for you): it has no effect until the plan allows it."
+    )
+
     class Meta:
         model = TenantEntitlement
-        fields = ["id", "kind", "name", "effect", "config", "updated_at"]
-        read_only_fields = ["id", "updated_at"]
+        fields = ["id", "kind", "name", "effect", "config", "within_plan", "updated_at"]
+        read_only_fields = ["id", "within_plan", "updated_at"]
+
+    def get_within_plan(self, row: TenantEntitlement) -> bool:
+        if row.effect == TenantEntitlement.Effect.REVOKE:
+            return True
+        # The registry's judgement; the ceiling is read once per response (a list shares
+        # its root's context).
+        ceiling: registry.Ceiling | None = self.context.get("ceiling")
+        if ceiling is None:
+            ceiling = self.context["ceiling"] = registry.ceiling_for(registry.current_tenant())
+        merged = {**registry.plan_defaults(ceiling.plan, row.kind, row.name), **row.config}
+        return ceiling.admits(row.kind, row.name, merged)
 
     def validate_config(self, value: Any) -> Any:
         # A form-encoded "null" is parsed to None after DRF's own null check (which only
@@ -101,6 +122,13 @@ class TenantEntitlementSerializer(serializers.ModelSerializer):
         )
         if errors:
             raise serializers.ValidationError(errors)
+        # The plan is a ceiling: beyond it, a 403 `not_in_plan` (config.api_errors).
+        check_within_plan(
+            attrs.get("kind", getattr(self.instance, "kind", None)),
+            attrs.get("name", getattr(self.instance, "name", None)),
+            attrs.get("effect", getattr(self.instance, "effect", "grant")),
+            attrs.get("config", getattr(self.instance, "config", {})) or {},
+        )
         return attrs
 
 
@@ -113,7 +141,9 @@ class EntitlementViewSet(
     TenantScopedViewSet,
 ):
     """Your tenant's own entitlement rows (grants with config, or revokes of plan defaults).
-    Changes take effect at once: the resolved registry is invalidated."""
+    Changes take effect at once: the resolved registry is invalidated. The plan is a
+    ceiling: a grant of a tool or model your plan does not include is refused with 403
+    `not_in_plan` (Playbook support can make an exception)."""
 
     model = TenantEntitlement
     serializer_class = TenantEntitlementSerializer

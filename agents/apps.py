@@ -11,7 +11,7 @@ class AgentsConfig(AppConfig):
 
     def ready(self) -> None:
         from agents import registry, runs  # noqa: F401  (runs registers the run task)
-        from agents.models import PlanEntitlement, TenantEntitlement
+        from agents.models import EntitlementOverride, PlanEntitlement, TenantEntitlement
         from billing.models import PlanLimit
         from tenants.models import Tenant
 
@@ -30,6 +30,8 @@ class AgentsConfig(AppConfig):
 
         for signal in (post_save, post_delete):
             signal.connect(tenant_row_changed, sender=TenantEntitlement, weak=False)
+            # An operator's override widens (or, removed, narrows) one tenant's ceiling.
+            signal.connect(tenant_row_changed, sender=EntitlementOverride, weak=False)
             signal.connect(plan_row_changed, sender=PlanEntitlement, weak=False)
             # The resolved registry carries the plan's limits too (billing.limiter.limits_for).
             signal.connect(plan_row_changed, sender=PlanLimit, weak=False)

@@ -52,8 +52,47 @@ class PlanEntitlement(models.Model):
         return f"{self.plan}: {self.kind} {self.name}"
 
 
+class EntitlementOverride(models.Model):
+    """An operator's exception to one tenant's plan: a tool, or a model (provider and, when
+    given, model id), that the tenant's own grants may then use although its plan does not
+    include it. Made by platform staff in the support admin, with a reason, and recorded in
+    the tenant's audit log (agents.entitlements.grant_override).
+
+    A platform row about one tenant: written only in a verified platform context, read by the
+    platform and by that tenant alone (EnablePlatformRLS(tenant_read=True)). Not a
+    TenantScopedModel: the tenant reads it but can never write it."""
+
+    rls_platform: ClassVar[str] = "tenant_read"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(
+        max_length=20,
+        choices=[(EntitlementKind.TOOL, "Tool"), (EntitlementKind.MODEL, "Model")],
+    )
+    name = models.CharField(max_length=100)
+    # Models: {"provider": ..., "model": ...}; without "model", any model of the provider.
+    config = models.JSONField(default=dict, blank=True)
+    reason = models.TextField()
+    granted_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "kind", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "kind", "name"], name="entitlement_override_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name} beyond the plan"
+
+
 class TenantEntitlement(TenantScopedModel):
-    """A tenant's narrowing (revoke) or extension (grant, with config) of its plan."""
+    """A tenant's narrowing (revoke) or configuration (grant, with config) of what its plan
+    allows. A grant beyond the plan (and the operator's overrides) has no effect: it is
+    refused when written and ignored when the registry is resolved."""
 
     class Effect(models.TextChoices):
         GRANT = "grant", "Grant"

@@ -54,6 +54,7 @@ from conversations.models import Conversation, Correction, Message
 from tenants.celery import SystemTask, TenantTask, fan_out
 from tenants.context import require_tenant_id
 from tenants.models import Tenant
+from tenants.vault.backends import CredentialStoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def execute_run(run: AgentRun) -> AgentRun:
             checkpointer = TenantCheckpointSaver()
             # A new attempt starts over: what an earlier attempt checkpointed is not replayed.
             checkpointer.delete_thread(str(run.id))
-            graph = build_graph(run, registry.resolve(), checkpointer)
+            graph = build_graph(run, registry.resolve(fresh=True), checkpointer)
             graph.invoke(
                 {"messages": conversation_history(run), "question": run.trigger_message.body},
                 _config(run),
@@ -174,6 +175,12 @@ def execute_run(run: AgentRun) -> AgentRun:
         run.status, run.error = AgentRun.Status.QUEUED, type(exc).__name__
         run.save(update_fields=["status", "started_at", "error", "model_name"])
         raise RunWaiting(exc) from exc
+    except CredentialStoreUnavailable as exc:
+        # The KMS or Vault could not unlock the model's key: this run fails clearly (the
+        # consultant sees why, the client that her consultant will reply); nothing waits.
+        restore_usage(run)
+        logger.warning("agent run %s failed: %s", run.id, exc)
+        fail_run(run, CredentialStoreUnavailable.code)
     except Exception as exc:
         restore_usage(run)
         logger.exception("agent run %s failed", run.id)
@@ -523,7 +530,7 @@ def review_draft(
         "note": note.strip(),
         "reviewer_id": reviewer.pk,
     }
-    graph = build_graph(run, registry.resolve(), TenantCheckpointSaver())
+    graph = build_graph(run, registry.resolve(fresh=True), TenantCheckpointSaver())
     graph.invoke(Command(resume=decision), _config(run))
     message.refresh_from_db()
     return message

@@ -33,6 +33,7 @@ from agents.embeddings import Embedder, get_embedder, tenant_embedder
 from agents.models import Chunk, Document
 from audit.actions import record_audit_event
 from conversations.models import Correction
+from tenants.vault.backends import CredentialStoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,11 @@ def ingest_document(document_id: str, *, tenant_id: str) -> dict[str, Any]:
         # The file itself (or the embedder's configuration): a message for the consultant.
         _fail(document, str(exc), reason=type(exc).__name__)
         return {"document": document_id, "status": Document.Status.FAILED, "error": str(exc)}
+    except CredentialStoreUnavailable as exc:
+        # Provider embeddings need the tenant's key, which the KMS or Vault could not unlock.
+        logger.warning("ingestion of document %s: %s", document_id, exc)
+        _fail(document, CredentialStoreUnavailable.user_message, reason=exc.code)
+        return {"document": document_id, "status": Document.Status.FAILED}
     except Exception:
         logger.exception("ingestion of document %s failed unexpectedly", document_id)
         _fail(document, UNEXPECTED_FAILURE, reason="unexpected")

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from agents.credentials import using_credential
 from agents.retrieval import search_playbook
+from tenants.vault.backends import CredentialStoreUnavailable
 from tenants.vault.service import CredentialNotFound
 
 
@@ -120,6 +121,11 @@ def _http_request(args: dict[str, Any], ctx: ToolContext) -> str:
                 response = send({"Authorization": f"Bearer {credential['secret']}"})
         except CredentialNotFound:
             raise ToolError("the credential for this endpoint is missing") from None
+        except CredentialStoreUnavailable:
+            raise ToolError(
+                "the credential for this endpoint could not be unlocked (the credential store "
+                "is unavailable)"
+            ) from None
     else:
         response = send({})
     if response.status_code >= 400:

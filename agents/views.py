@@ -37,6 +37,7 @@ from agents.documents import (
 from agents.entitlements import (
     MAX_PROMPT_LENGTH,
     MODEL_PROVIDERS,
+    NotInPlan,
     remove_entitlement,
     set_entitlement,
 )
@@ -194,9 +195,9 @@ PROVIDER_LABELS = {
 }
 
 
-def _tool_rows(resolved: registry.Resolved, plan: str) -> list[dict[str, Any]]:
+def _tool_rows(resolved: registry.Resolved, ceiling: registry.Ceiling) -> list[dict[str, Any]]:
     in_plan = set(
-        PlanEntitlement.objects.filter(plan=plan, kind=EntitlementKind.TOOL).values_list(
+        PlanEntitlement.objects.filter(plan=ceiling.plan, kind=EntitlementKind.TOOL).values_list(
             "name", flat=True
         )
     )
@@ -210,6 +211,8 @@ def _tool_rows(resolved: registry.Resolved, plan: str) -> list[dict[str, Any]]:
                 "description": spec.description,
                 "enabled": name in resolved.tools,
                 "in_plan": name in in_plan,
+                # Within the plan or an operator's override: the tenant may turn it on.
+                "allowed": ceiling.admits(EntitlementKind.TOOL, name, {}),
                 "revoked": row is not None and row.effect == TenantEntitlement.Effect.REVOKE,
                 "config": resolved.tools.get(name, row.config if row else {}),
             }
@@ -252,7 +255,8 @@ def _tools_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
     ).first()
     return {
         "resolved": resolved,
-        "tools": _tool_rows(resolved, tenant.plan),
+        "plan_label": tenant.get_plan_display(),
+        "tools": _tool_rows(resolved, registry.ceiling_for(tenant)),
         "models": _model_rows(resolved),
         "system_prompt": resolved.system_prompt,
         "custom_prompt": bool(prompt_row and prompt_row.config.get("text")),
@@ -275,14 +279,16 @@ def tools_page(request: HttpRequest) -> HttpResponse:
     return render(request, "agents/tools.html", _tools_context(request))
 
 
-def _refuse(request: HttpRequest, section: str, errors: list[str], form: Any) -> HttpResponse:
+def _refuse(
+    request: HttpRequest, section: str, errors: list[str], form: Any, *, status: int = 400
+) -> HttpResponse:
     return render(
         request,
         "agents/tools.html",
         _tools_context(
             request, errors={section.replace("-", "_"): errors}, form=form, open_section=section
         ),
-        status=400,
+        status=status,
     )
 
 
@@ -405,6 +411,9 @@ def tools_change(request: HttpRequest, section: str) -> HttpResponse:
             return _refuse(request, "tool", ["Unknown change."], post)
     except ValidationError as error:
         return _refuse(request, section, _flatten(error), post)
+    except NotInPlan as refusal:
+        # The plan is a ceiling: the same refusal as the API's 403, as a form error.
+        return _refuse(request, section, [refusal.message], post, status=403)
     return HttpResponseRedirect(reverse("app-tools") + f"#{section}")
 
 

@@ -16,7 +16,9 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from agents.entitlements import NotInPlan
 from tenants.context import TenantScopeError
+from tenants.vault.backends import CredentialStoreUnavailable
 
 NOT_FOUND_MESSAGE = "Not found."
 
@@ -94,8 +96,23 @@ def limiter_response(exc: Exception) -> Response | None:
     return None
 
 
+def refusal_response(exc: BaseException | None) -> Response | None:
+    """A grant beyond the plan (403 naming the plan), or the credential store unavailable for
+    the call that needed it (503 with Retry-After; nothing was saved)."""
+    if isinstance(exc, NotInPlan):
+        return Response(error_body(exc.code, exc.message, plan=exc.plan), status=403)
+    if _raised_from(exc, (CredentialStoreUnavailable,)):
+        response = Response(
+            error_body(CredentialStoreUnavailable.code, CredentialStoreUnavailable.user_message),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+        response["Retry-After"] = str(CredentialStoreUnavailable.retry_after)
+        return response
+    return None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    limited = limiter_response(exc)
+    limited = limiter_response(exc) or refusal_response(exc)
     if limited is not None:
         from rest_framework.views import set_rollback
 

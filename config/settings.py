@@ -407,6 +407,19 @@ VAULT_ADDR = env.str("VAULT_ADDR", default="")
 VAULT_TOKEN = env.str("VAULT_TOKEN", default="")
 VAULT_TRANSIT_KEY = env.str("VAULT_TRANSIT_KEY", default="playbook")
 VAULT_TRANSIT_MOUNT = env.str("VAULT_TRANSIT_MOUNT", default="transit")
+# Every call to AWS KMS or Vault is bounded: connecting, then waiting for the answer, and
+# (AWS KMS) at most VAULT_MAX_ATTEMPTS attempts. An unreachable or slow store fails the one
+# call that needed a credential (tenants.vault.backends.CredentialStoreUnavailable).
+VAULT_CONNECT_TIMEOUT_SECONDS = env.float("VAULT_CONNECT_TIMEOUT_SECONDS", default=3.0)
+VAULT_READ_TIMEOUT_SECONDS = env.float("VAULT_READ_TIMEOUT_SECONDS", default=5.0)
+VAULT_MAX_ATTEMPTS = env.int("VAULT_MAX_ATTEMPTS", default=2)
+if not (0 < VAULT_CONNECT_TIMEOUT_SECONDS <= 60 and 0 < VAULT_READ_TIMEOUT_SECONDS <= 60):
+    raise ImproperlyConfigured(
+        "VAULT_CONNECT_TIMEOUT_SECONDS and VAULT_READ_TIMEOUT_SECONDS must be more than 0 and "
+        "at most 60."
+    )
+if not 1 <= VAULT_MAX_ATTEMPTS <= 5:
+    raise ImproperlyConfigured("VAULT_MAX_ATTEMPTS must be 1 to 5.")
 
 # --------------------------------------------------------------------------- support admin
 

@@ -25,6 +25,7 @@ from config.api_errors import (
 from tenants.branding import request_role
 from tenants.checks import runtime_role_problems
 from tenants.inputs import BadInput
+from tenants.vault.backends import CredentialStoreUnavailable
 
 
 @never_cache
@@ -109,6 +110,20 @@ def server_error(request: HttpRequest) -> HttpResponse:
         else:
             response = HttpResponse(loader.get_template("503.html").render({}), status=503)
         response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
+    if isinstance(exc, CredentialStoreUnavailable):
+        # A page or endpoint that needed a credential and does not say so itself: the
+        # request's transaction rolled back; everything else keeps working.
+        message = CredentialStoreUnavailable.user_message
+        if _is_api(request):
+            response = JsonResponse(
+                error_body(CredentialStoreUnavailable.code, message), status=503
+            )
+        else:
+            response = HttpResponse(
+                loader.get_template("503.html").render({"message": message}), status=503
+            )
+        response["Retry-After"] = str(CredentialStoreUnavailable.retry_after)
         return response
     if _is_api(request):
         return JsonResponse(

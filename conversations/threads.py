@@ -33,6 +33,16 @@ class Thread:
     version: str
 
 
+# What the team is told for failures that have a cause they can act on (AgentRun.error).
+RUN_FAILURES = {
+    "credential_store_unavailable": (
+        "The agent could not answer: the credential store (KMS or Vault) did not unlock the "
+        "model's key in time. Nothing else is affected; ask again in a minute, or reply "
+        "yourself."
+    ),
+}
+
+
 def status_line(run: AgentRun | None, *, for_client: bool) -> StatusLine | None:
     """What the reader is told about the conversation's latest agent run."""
     if run is None:
@@ -66,7 +76,10 @@ def status_line(run: AgentRun | None, *, for_client: bool) -> StatusLine | None:
                 "The assistant could not answer this one. Your consultant can see your "
                 "question and will reply.",
             )
-        return StatusLine("failed", f"The agent run failed ({run.error or 'error'}).")
+        return StatusLine(
+            "failed",
+            RUN_FAILURES.get(run.error, f"The agent run failed ({run.error or 'error'})."),
+        )
     return None
 
 

@@ -472,7 +472,8 @@ def platform_table_problems(connection: BaseDatabaseWrapper) -> list[checks.Chec
                 [table],
             )
             found = {name: rest for name, *rest in cursor.fetchall()}
-            expected = platform_policies(getattr(model, "rls_platform", "") == "tenant_self_update")
+            mode = getattr(model, "rls_platform", "")
+            expected = platform_policies(mode == "tenant_self_update", mode == "tenant_read")
             wrong = not row[0] or set(found) != set(expected)
             for name, (command, using, check) in expected.items():
                 permissive, cmd, qual, with_check = found.get(name, ("", "", "", ""))

@@ -118,12 +118,19 @@ PLATFORM_POLICIES = {
 # A tenant may update its own row (branding, review policy); a trigger keeps the columns
 # only the platform changes (plan, status, slug, region) out of its reach.
 SELF_UPDATE = f"({PLATFORM_FUNCTION}() OR (id = {CONTEXT_FUNCTION}()))"
+# Platform rows about one tenant (an operator's entitlement overrides): the platform reads
+# them all, a tenant only its own.
+TENANT_READ = f"({PLATFORM_FUNCTION}() OR (tenant_id = {CONTEXT_FUNCTION}()))"
 
 
-def platform_policies(self_update: bool) -> dict[str, tuple[str, str | None, str | None]]:
+def platform_policies(
+    self_update: bool, tenant_read: bool = False
+) -> dict[str, tuple[str, str | None, str | None]]:
     policies = dict(PLATFORM_POLICIES)
     if self_update:
         policies["platform_update"] = ("UPDATE", SELF_UPDATE, SELF_UPDATE)
+    if tenant_read:
+        policies["platform_read"] = ("SELECT", TENANT_READ, None)
     return policies
 
 
@@ -132,16 +139,24 @@ class EnablePlatformRLS(TableOperation):
     role reads it; only a verified platform context writes it. Not FORCEd: migrations (the
     owner role) ship and change its rows.
 
-        platform_read   FOR SELECT USING (true)
+        platform_read   FOR SELECT USING (true
+                                          | playbook_context_platform()
+                                            OR tenant_id = playbook_context_tenant())
         platform_insert FOR INSERT WITH CHECK (playbook_context_platform())
         platform_update FOR UPDATE USING/WITH CHECK (playbook_context_platform()
                                                      [OR id = playbook_context_tenant()])
         platform_delete FOR DELETE USING (playbook_context_platform())
+
+    `tenant_read`: rows about one tenant (its `tenant_id`) that the platform writes and that
+    tenant alone reads besides the platform (an operator's entitlement overrides).
     """
 
-    def __init__(self, model_name: str, tenant_self_update: bool = False) -> None:
+    def __init__(
+        self, model_name: str, tenant_self_update: bool = False, tenant_read: bool = False
+    ) -> None:
         self.model_name = model_name
         self.tenant_self_update = tenant_self_update
+        self.tenant_read = tenant_read
 
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -149,7 +164,8 @@ class EnablePlatformRLS(TableOperation):
         q = schema_editor.quote_name
         table = q(_table(to_state.apps, app_label, self.model_name))
         schema_editor.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        for name, (command, using, check) in platform_policies(self.tenant_self_update).items():
+        policies = platform_policies(self.tenant_self_update, self.tenant_read)
+        for name, (command, using, check) in policies.items():
             sql = f"CREATE POLICY {q(name)} ON {table} AS PERMISSIVE FOR {command} TO PUBLIC"
             if using:
                 sql += f" USING ({using})"
@@ -177,6 +193,8 @@ class EnablePlatformRLS(TableOperation):
         kwargs: dict[str, Any] = {"model_name": self.model_name}
         if self.tenant_self_update:
             kwargs["tenant_self_update"] = True
+        if self.tenant_read:
+            kwargs["tenant_read"] = True
         return (self.__class__.__qualname__, [], kwargs)
 
 

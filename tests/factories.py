@@ -110,3 +110,14 @@ def build_world(slug: str, *, conversation_title: str = "Strategy session") -> W
             )
             world.conversations.append(conversation)
     return world
+
+
+def set_plan(tenant: Tenant, plan: str) -> Tenant:
+    """Move a tenant to another plan, as the support admin does: a platform write (its
+    signal invalidates the tenant's cached registry)."""
+    fresh = Tenant.objects.get(id=tenant.id)
+    fresh.plan = plan
+    with platform_context():
+        fresh.save(update_fields=["plan", "updated_at"])
+    tenant.plan = plan
+    return fresh

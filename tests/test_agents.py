@@ -49,7 +49,7 @@ from config.celery import app as celery_app
 from conversations.models import Correction, Message
 from tenants.context import platform_context, tenant_context
 from tenants.models import Tenant
-from tests.factories import World, build_world
+from tests.factories import World, build_world, set_plan
 
 PLAN_DEFAULTS = importlib.import_module("agents.migrations.0002_plan_defaults")
 
@@ -536,6 +536,7 @@ def test_a_change_behind_the_caches_back_shows_after_the_ttl_or_an_invalidation(
 
 
 def test_consultants_read_entitlements_and_only_admins_change_them(acme: World) -> None:
+    set_plan(acme.tenant, Tenant.Plan.PRO)  # http_request is a Pro tool: the plan is a ceiling
     with tenant_context(acme.tenant):
         row = TenantEntitlement.objects.create(kind="tool", name="http_request", config={})
     consultant = logged_in(acme.consultant)
@@ -1067,6 +1068,7 @@ def endpoint() -> Iterator[Endpoint]:
 def test_http_request_calls_the_endpoint_the_tenant_configured(
     acme: World, endpoint: Endpoint
 ) -> None:
+    set_plan(acme.tenant, Tenant.Plan.PRO)  # http_request is a Pro tool: the plan is a ceiling
     granted = logged_in(acme.owner).post(
         ENTITLEMENTS,
         {

@@ -26,6 +26,7 @@ from django.core.management import call_command
 from django.db import connections, transaction
 from django.test import Client, override_settings
 
+from agents.entitlements import grant_override
 from agents.tools import TOOLS, ToolContext, ToolError
 from audit.actions import audit_operator
 from audit.models import AuditEvent
@@ -42,7 +43,7 @@ from tenants.vault.service import (
     rotate_credential,
     use_credential,
 )
-from tests.factories import World, build_world
+from tests.factories import UserFactory, World, build_world
 
 SECRET = "sk-test-7Hq2Lr9ZxW4mBv8NcT3yKd6PfG1sJ0aE"
 
@@ -592,6 +593,15 @@ def test_agent_model_calls_and_http_tool_read_their_keys_from_the_vault(
 
     url, seen = provider_stand_in
     acme = build_world("acme")
+    # A self-hosted (OpenAI-compatible) model is in no plan: an operator's override.
+    grant_override(
+        staff=UserFactory.create(username="sam@platform.test", tenant=None, is_staff=True),
+        tenant=acme.tenant,
+        kind="model",
+        name="llama3",
+        provider="openai_compatible",
+        reason="Ticket 12: the customer runs its own model server",
+    )
     with override_settings(
         VAULT_BACKEND="local", VAULT_LOCAL_KEYS=local_keys(1), AGENT_HTTP_ALLOW_PRIVATE=True
     ):

@@ -27,7 +27,7 @@ from tenants.actions import LOGO_MAX_BYTES, set_logo
 from tenants.branding import DARK_INK, LIGHT_INK, Brand, contrast_ratio, ink_on
 from tenants.context import platform_context, tenant_context
 from tenants.models import DEFAULT_BRAND_COLOR, Tenant
-from tests.factories import World, build_world
+from tests.factories import World, build_world, set_plan
 from tests.web import audit_events, browser, forget_redis, image_bytes, text, with_admin
 
 pytestmark = pytest.mark.django_db
@@ -107,6 +107,7 @@ def test_an_admin_turns_a_tool_off_and_on_again(acme: World, ada: User) -> None:
 
 
 def test_http_requests_need_the_address_of_the_tenants_system(acme: World, ada: User) -> None:
+    set_plan(acme.tenant, Tenant.Plan.PRO)  # http_request is a Pro tool: the plan is a ceiling
     admin = browser(ada)
     refused = change(admin, "tool", name="http_request", enabled="1", url="crm.example.com")
     assert refused.status_code == 400

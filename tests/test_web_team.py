@@ -134,11 +134,11 @@ def test_an_invitation_from_the_team_page_to_a_joined_client(
     assert joined.context == {"role": "client", "previous_role": "client"}
     assert joined.actor_id == str(account.pk)
 
-    # Used: the link is the "no longer valid" page, for her and for anyone else.
+    # Used: the link is the "not valid" page, for her and for anyone else.
     for client in (nina, Client()):
         gone = client.get(path_of(link))
         assert gone.status_code == 404
-        assert "This invitation is no longer valid" in text(gone)
+        assert "This invitation link is not valid or has expired" in text(gone)
     assert "No pending invitations." in text(connor.get(reverse("app-team")))
 
 
@@ -292,7 +292,7 @@ def test_a_revoked_expired_or_made_up_link_is_the_no_longer_valid_page(
         for client in (Client(), browser(newcomer(acme, f"{uuid.uuid4().hex[:8]}@example.test"))):
             response = client.get(path)
             assert response.status_code == 404, path
-            assert "This invitation is no longer valid" in text(response)
+            assert "This invitation link is not valid or has expired" in text(response)
         accepted = browser(acme.other_client).post(path)
         assert accepted.status_code == 404, path
     assert role_of(acme, acme.other_client) == "client"

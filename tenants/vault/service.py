@@ -44,28 +44,31 @@ def _unwrap(data_key: TenantDataKey) -> bytes:
     )
 
 
-def _current_data_key() -> TenantDataKey:
-    """The tenant's newest data key, created (and wrapped by the KEK) on first use."""
+def _current_data_key() -> tuple[TenantDataKey, bytes]:
+    """The tenant's newest data key and its plaintext: unwrapped by the KEK, or created (and
+    wrapped) on first use. Raises CredentialStoreUnavailable when the KMS cannot do it; the
+    caller's transaction then keeps nothing."""
     key = TenantDataKey.objects.order_by("-version").first()
     if key is not None:
-        return key
+        return key, _unwrap(key)
     tenant_id = str(require_tenant_id())
     backend = kek_backend()
     plaintext = AESGCM.generate_key(bit_length=256)
     wrapped = backend.wrap(plaintext, tenant_id)
-    return TenantDataKey.objects.create(
+    row = TenantDataKey.objects.create(
         version=1,
         wrapped_key=wrapped.blob,
         kek_backend=backend.name,
         kek_version=wrapped.kek_version,
     )
+    return row, plaintext
 
 
 def _seal(credential: Credential, secret: str) -> None:
-    data_key = _current_data_key()
+    data_key, plaintext_key = _current_data_key()
     nonce = os.urandom(12)
     aad = _aad(str(require_tenant_id()), str(credential.id))
-    credential.ciphertext = AESGCM(_unwrap(data_key)).encrypt(nonce, secret.encode(), aad)
+    credential.ciphertext = AESGCM(plaintext_key).encrypt(nonce, secret.encode(), aad)
     credential.nonce = nonce
     credential.key_version = data_key.version
     credential.last_four = secret[-4:] if len(secret) >= 12 else ""

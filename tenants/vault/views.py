@@ -13,6 +13,7 @@ from accounts.pages import tenant_page
 from accounts.roles import ADMINS
 from tenants.models import Credential
 from tenants.vault import service
+from tenants.vault.backends import CredentialStoreUnavailable
 
 
 class CredentialForm(forms.Form):
@@ -46,24 +47,35 @@ ADMIN_ONLY = "Only your organisation's owners and admins manage credentials."
 @require_http_methods(["GET", "POST"])
 def credentials_page(request: HttpRequest) -> HttpResponse:
     form = CredentialForm(request.POST or None)
+    status = 200
     if request.method == "POST" and form.is_valid():
         metadata = (
             {"base_url": form.cleaned_data["base_url"]} if form.cleaned_data["base_url"] else {}
         )
-        service.create_credential(
-            acting_user=request.user,
-            name=form.cleaned_data["name"],
-            kind=form.cleaned_data["kind"],
-            secret=form.cleaned_data["secret"],
-            metadata=metadata,
-        )
-        messages.success(request, f"Credential {form.cleaned_data['name']} saved.")
-        return HttpResponseRedirect(reverse("credentials"))
-    return render(
+        try:
+            service.create_credential(
+                acting_user=request.user,
+                name=form.cleaned_data["name"],
+                kind=form.cleaned_data["kind"],
+                secret=form.cleaned_data["secret"],
+                metadata=metadata,
+            )
+        except CredentialStoreUnavailable:
+            # The action's transaction rolled back: no credential, no data key.
+            form.add_error(None, CredentialStoreUnavailable.user_message)
+            status = 503
+        else:
+            messages.success(request, f"Credential {form.cleaned_data['name']} saved.")
+            return HttpResponseRedirect(reverse("credentials"))
+    response = render(
         request,
         "vault/credentials.html",
         {"form": form, "credentials": Credential.objects.defer("ciphertext", "nonce")},
+        status=status,
     )
+    if status == 503:
+        response["Retry-After"] = str(CredentialStoreUnavailable.retry_after)
+    return response
 
 
 @tenant_page(ADMINS, message=ADMIN_ONLY)
@@ -80,12 +92,16 @@ def credential_action(request: HttpRequest, credential_id: str, action: str) -> 
         if not form.is_valid():
             messages.error(request, "Enter the new secret to rotate.")
         else:
-            service.rotate_credential(
-                acting_user=request.user,
-                credential=credential,
-                secret=form.cleaned_data["secret"],
-            )
-            messages.success(request, f"Credential {credential.name} rotated.")
+            try:
+                service.rotate_credential(
+                    acting_user=request.user,
+                    credential=credential,
+                    secret=form.cleaned_data["secret"],
+                )
+            except CredentialStoreUnavailable:
+                messages.error(request, CredentialStoreUnavailable.user_message)
+            else:
+                messages.success(request, f"Credential {credential.name} rotated.")
     else:
         raise Http404
     return HttpResponseRedirect(reverse("credentials"))

@@ -54,4 +54,6 @@ def test_an_owner_invites_a_client_who_signs_up_accepts_and_chats(page: Page) ->
 
     # The link works once.
     page.goto(link)
-    expect(page.get_by_role("heading", name="This invitation is no longer valid")).to_be_visible()
+    expect(
+        page.get_by_role("heading", name="This invitation link is not valid or has expired")
+    ).to_be_visible()
