@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.cache import cache
 from django.db.models import QuerySet
-from rest_framework import mixins, serializers
+from rest_framework import mixins, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -14,14 +14,17 @@ from accounts.roles import ADMINS, API_KEY, CLIENT, MEMBERS, TEAM
 from agents import registry
 from agents.entitlements import (
     check_within_plan,
+    destination_refusal,
     entitlement_errors,
     record_entitlement_change,
     remove_entitlement,
 )
 from agents.models import AgentRun, TenantEntitlement
 from agents.runs import live_key
+from config.api_errors import error_body
 from conversations.models import Message
 from tenants.api import TenantScopedViewSet
+from tenants.outbound import OutboundRefused
 
 
 class AgentRunSerializer(serializers.ModelSerializer):
@@ -113,23 +116,34 @@ class TenantEntitlementSerializer(serializers.ModelSerializer):
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        kind = attrs.get("kind", getattr(self.instance, "kind", None))
+        name = attrs.get("name", getattr(self.instance, "name", None))
+        effect = attrs.get("effect", getattr(self.instance, "effect", "grant"))
+        config = attrs.get("config", getattr(self.instance, "config", {})) or {}
         errors = entitlement_errors(
-            attrs.get("kind", getattr(self.instance, "kind", None)),
-            attrs.get("name", getattr(self.instance, "name", None)),
-            attrs.get("effect", getattr(self.instance, "effect", "grant")),
-            attrs.get("config", getattr(self.instance, "config", {})) or {},
+            kind,
+            name,
+            effect,
+            config,
             exclude_pk=self.instance.pk if self.instance is not None else None,
         )
         if errors:
             raise serializers.ValidationError(errors)
         # The plan is a ceiling: beyond it, a 403 `not_in_plan` (config.api_errors).
-        check_within_plan(
-            attrs.get("kind", getattr(self.instance, "kind", None)),
-            attrs.get("name", getattr(self.instance, "name", None)),
-            attrs.get("effect", getattr(self.instance, "effect", "grant")),
-            attrs.get("config", getattr(self.instance, "config", {})) or {},
-        )
+        check_within_plan(kind, name, effect, config)
+        previous = self.instance.config if self.instance is not None else None
+        refused = destination_refusal(kind, name, effect, config, previous=previous)
+        if refused is not None:
+            raise refused  # EntitlementViewSet answers 400 with the refusal's own code
         return attrs
+
+
+def refused_destination_response(refused: OutboundRefused) -> Response:
+    """400 with the refusal's stable code (private_address, port_not_allowed, ...)."""
+    return Response(
+        error_body(refused.code, refused.message, fields={"config": [refused.message]}),
+        status=status.HTTP_400_BAD_REQUEST,
+    )
 
 
 class EntitlementViewSet(
@@ -148,6 +162,18 @@ class EntitlementViewSet(
     model = TenantEntitlement
     serializer_class = TenantEntitlementSerializer
     roles = {"list": TEAM, "retrieve": TEAM, "*": ADMINS}
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return super().create(request, *args, **kwargs)
+        except OutboundRefused as refused:
+            return refused_destination_response(refused)
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return super().update(request, *args, **kwargs)
+        except OutboundRefused as refused:
+            return refused_destination_response(refused)
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
         record_entitlement_change(self.request.user, serializer.save())

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from agents.models import EMBEDDING_DIMENSIONS
+from tenants.outbound import OutboundError, async_model_http_client, model_http_client
 
 __all__ = [
     "EMBEDDING_DIMENSIONS",
@@ -209,8 +210,16 @@ class OpenAICompatibleEmbedder:
                 # No tiktoken: it would download its vocabulary, and other servers' models
                 # are not OpenAI's tokenizer anyway. Chunks are well under any context limit.
                 check_embedding_ctx_length=False,
+                # tenants.outbound: a base_url on a private network is refused, key unsent.
+                http_client=model_http_client(),
+                http_async_client=async_model_http_client(),
             )
-            return call(client)
+            try:
+                return call(client)
+            except OutboundError as exc:
+                raise EmbedderUnavailable(
+                    f"The embedder {self.name} could not be called: {exc.message}"
+                ) from exc
 
     def _checked(self, vectors: list[list[float]]) -> list[list[float]]:
         for vector in vectors:

@@ -3,10 +3,11 @@ and the operator's overrides beyond a plan.
 
 Used by the API (`/api/v1/registry/entitlements/`) and the dashboard's Tools & models page;
 both validate with `entitlement_errors`, then `check_within_plan` (the plan is a ceiling:
-`NotInPlan`, a 403), and record `registry.changed` in the same transaction. Overrides are
-made by platform staff in the support admin (`grant_override`, `remove_override`), each
-with a reason that lands in the tenant's audit log. The resolved registry is invalidated by
-the models' signals (agents.apps).
+`NotInPlan`, a 403) and `destination_refusal` (a URL Playbook would not call), and record
+`registry.changed` in the same transaction. Overrides are made by platform staff in the
+support admin (`grant_override`, `remove_override`), each with a reason that lands in the
+tenant's audit log. The resolved registry is invalidated by the models' signals
+(agents.apps).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from agents.tools import TOOLS
 from audit.actions import record_audit_event
 from tenants.context import Principal, platform_context, tenant_context
 from tenants.models import Tenant
+from tenants.outbound import OutboundRefused, check_url
 
 MODEL_PROVIDERS = ("offline", "openai", "anthropic", "openai_compatible")
 MAX_PROMPT_LENGTH = 8000
@@ -110,6 +112,37 @@ def entitlement_errors(
     return {}
 
 
+# The config key of a row that holds an address Playbook calls: a model's server, the
+# http_request tool's endpoint.
+def _url_key(kind: Any, name: Any) -> str | None:
+    if kind == EntitlementKind.MODEL:
+        return "base_url"
+    if kind == EntitlementKind.TOOL and name == "http_request":
+        return "url"
+    return None
+
+
+def destination_refusal(
+    kind: Any, name: Any, effect: Any, config: Any, *, previous: Any = None
+) -> OutboundRefused | None:
+    """Why the address in this row may not be called (tenants.outbound), when it is new or
+    changed; None when it may be saved. Every call checks the address again: this only
+    tells the admin now rather than at her clients' first question."""
+    key = _url_key(kind, name)
+    if key is None or effect != TenantEntitlement.Effect.GRANT or not isinstance(config, dict):
+        return None
+    url = config.get(key)
+    if url in (None, "") or (isinstance(previous, dict) and previous.get(key) == url):
+        return None
+    if not isinstance(url, str):
+        return OutboundRefused("invalid_url", f"{key} must be an http(s) address.")
+    try:
+        check_url(url)
+    except OutboundRefused as refused:
+        return refused
+    return None
+
+
 def _audit(acting_user: Any, row: TenantEntitlement, effect: str) -> None:
     record_audit_event(
         "registry.changed",
@@ -132,6 +165,9 @@ def set_entitlement(
     if errors:
         raise ValidationError(errors)
     check_within_plan(kind, name, effect, config)
+    refused = destination_refusal(kind, name, effect, config, previous=row.config if row else None)
+    if refused is not None:
+        raise ValidationError({"config": [refused.message]})
     if row is None:
         row = TenantEntitlement(kind=kind, name=name)
     row.effect, row.config = effect, config

@@ -22,6 +22,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 
 from agents.credentials import has_credential, using_credential
 from agents.registry import Resolved
+from tenants.outbound import async_model_http_client, model_http_client
 
 OFFLINE_MODEL = "offline-extractive"
 OFFLINE_NOTICE = (
@@ -171,10 +172,12 @@ def _provider_model(
 ) -> BaseChatModel:
     model = str(config.get("model") or "")
     temperature = float(config.get("temperature", 0.2))
+    # Every provider's HTTP goes through tenants.outbound: a base_url on a private network is
+    # refused (OutboundRefused) before the key is sent anywhere.
     if provider == "anthropic":
-        from langchain_anthropic import ChatAnthropic
+        from agents.anthropic_chat import OutboundChatAnthropic
 
-        return ChatAnthropic(  # type: ignore[call-arg]
+        return OutboundChatAnthropic(  # type: ignore[call-arg]
             model=model, temperature=temperature, api_key=credential["secret"], timeout=60
         )
     from langchain_openai import ChatOpenAI
@@ -185,6 +188,8 @@ def _provider_model(
         api_key=credential["secret"],
         base_url=config.get("base_url") or credential.get("base_url") or None,
         timeout=60,
+        http_client=model_http_client(),
+        http_async_client=async_model_http_client(),
     )
 
 

@@ -54,6 +54,7 @@ from conversations.models import Conversation, Correction, Message
 from tenants.celery import SystemTask, TenantTask, fan_out
 from tenants.context import require_tenant_id
 from tenants.models import Tenant
+from tenants.outbound import outbound_error_in
 from tenants.vault.backends import CredentialStoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -183,8 +184,15 @@ def execute_run(run: AgentRun) -> AgentRun:
         fail_run(run, CredentialStoreUnavailable.code)
     except Exception as exc:
         restore_usage(run)
-        logger.exception("agent run %s failed", run.id)
-        fail_run(run, type(exc).__name__)
+        refused = outbound_error_in(exc)
+        if refused is None:
+            logger.exception("agent run %s failed", run.id)
+            fail_run(run, type(exc).__name__)
+        else:
+            # A model or embeddings server Playbook may not call (a private base_url): the
+            # consultant reads why; no key was sent.
+            logger.warning("agent run %s: outbound call refused (%s)", run.id, refused.code)
+            fail_run(run, refused.message, code=refused.code)
     finally:
         _clear_live(run)
     return run

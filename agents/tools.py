@@ -4,20 +4,18 @@ tenant is entitled to, and the tool node refuses (and audits) any other name."""
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
-import socket
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-import requests
-from django.conf import settings
+import httpx2
 
 from agents.credentials import using_credential
 from agents.retrieval import search_playbook
+from tenants.outbound import OutboundError, OutboundLimits, outbound_client
 from tenants.vault.backends import CredentialStoreUnavailable
 from tenants.vault.service import CredentialNotFound
 
@@ -78,39 +76,55 @@ def _request_human_handoff(args: dict[str, Any], ctx: ToolContext) -> str:
     return "Your consultant has been asked to take over this conversation."
 
 
-def _is_public_address(host: str) -> bool:
+# The tool keeps 4,000 characters of an answer; a larger one is not read at all.
+HTTP_TOOL_MAX_RESPONSE_BYTES = 1024 * 1024
+HTTP_TOOL_MAX_TIMEOUT = 30.0
+
+
+def _timeout(raw: Any) -> float:
+    """The tenant's timeout for its endpoint, from 1 to 30 seconds (10 when unusable)."""
     try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        return False
-    return all(ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses)
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        return 10.0
+    return min(max(seconds, 1.0), HTTP_TOOL_MAX_TIMEOUT) if math.isfinite(seconds) else 10.0
 
 
 def _http_request(args: dict[str, Any], ctx: ToolContext) -> str:
     """Call the endpoint the tenant configured (never a URL the model chooses), with the
-    tenant's credential, and return the (truncated) response."""
-    url = str(ctx.config.get("url", ""))
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    tenant's credential, and return the (truncated) response. The call goes through
+    tenants.outbound: private networks are refused before anything is sent."""
+    url = ctx.config.get("url")
+    if not isinstance(url, str) or not url:
         raise ToolError("no endpoint is configured for this tool")
-    if not settings.AGENT_HTTP_ALLOW_PRIVATE and not _is_public_address(parts.hostname):
-        raise ToolError("the configured endpoint is not a public address")
     headers = {"Accept": "application/json, text/plain;q=0.9"}
     method = str(ctx.config.get("method", "POST")).upper()
     payload = {"query": str(args.get("query", ""))[:2000]}
+    timeout = _timeout(ctx.config.get("timeout", 10))
+    limits = OutboundLimits(
+        connect_seconds=min(timeout, 5.0),
+        read_seconds=timeout,
+        total_seconds=2 * timeout,
+        max_response_bytes=HTTP_TOOL_MAX_RESPONSE_BYTES,
+    )
 
-    def send(extra_headers: dict[str, str]) -> requests.Response:
+    def send(extra_headers: dict[str, str]) -> httpx2.Response:
         try:
-            return requests.request(
-                method,
-                url,
-                json=payload if method != "GET" else None,
-                params=payload if method == "GET" else None,
-                headers={**headers, **extra_headers},
-                timeout=float(ctx.config.get("timeout", 10)),
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
+            with outbound_client(limits=limits) as client:
+                return client.request(
+                    method,
+                    url,
+                    json=payload if method != "GET" else None,
+                    params=payload if method == "GET" else None,
+                    headers={**headers, **extra_headers},
+                )
+        except OutboundError as exc:
+            raise ToolError(exc.message) from None
+        except httpx2.TooManyRedirects:
+            raise ToolError("the endpoint redirected too many times") from None
+        except httpx2.TimeoutException:
+            raise ToolError("the endpoint did not answer in time") from None
+        except (httpx2.HTTPError, httpx2.InvalidURL) as exc:
             raise ToolError(f"the endpoint did not answer ({type(exc).__name__})") from None
 
     credential_name = ctx.config.get("credential")

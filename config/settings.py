@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import StrictEnv
+from tenants.outbound import parse_allowed_destinations
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("PLAYBOOK_DATA_DIR", BASE_DIR / ".data")).resolve()
@@ -369,8 +370,16 @@ PLAYBOOK_HNSW_EF_SEARCH = env.int("PLAYBOOK_HNSW_EF_SEARCH", default=800)
 PLAYBOOK_EXACT_SEARCH_MAX_CHUNKS = env.int("PLAYBOOK_EXACT_SEARCH_MAX_CHUNKS", default=5_000)
 # How long a resolved entitlement set is cached in Redis (invalidated on change).
 REGISTRY_CACHE_SECONDS = env.int("REGISTRY_CACHE_SECONDS", default=60)
-# The http_request tool refuses endpoints on private or loopback addresses (SSRF) unless set.
-AGENT_HTTP_ALLOW_PRIVATE = env.bool("AGENT_HTTP_ALLOW_PRIVATE", default=False)
+# Calls on a tenant's behalf (models, embeddings, the http_request tool: tenants.outbound) reach
+# public addresses only; these private destinations too (a self-hosted model server): CIDRs,
+# addresses or host names, each with an optional :port. The operator's choice, never a tenant's.
+OUTBOUND_ALLOWED_NETWORKS = env.list("OUTBOUND_ALLOWED_NETWORKS", default=[])
+parse_allowed_destinations(OUTBOUND_ALLOWED_NETWORKS)  # a bad entry stops startup, named
+if "AGENT_HTTP_ALLOW_PRIVATE" in os.environ:
+    raise ImproperlyConfigured(
+        "AGENT_HTTP_ALLOW_PRIVATE is gone: list the private networks Playbook may call in "
+        "OUTBOUND_ALLOWED_NETWORKS (e.g. 10.0.0.0/8 or ollama:11434), then unset it."
+    )
 AGENT_MAX_TOOL_ROUNDS = env.int("AGENT_MAX_TOOL_ROUNDS", default=4)
 # A run the limiter cannot admit yet (rate limited, or its Redis unreachable) or whose database
 # went away waits `queued` and is tried again: after 5, 10, 20... seconds (at most 120, with
@@ -575,7 +584,11 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # httpx2 logs every request's full URL at INFO: a tenant's URL may carry a token.
+        "httpx2": {"level": "WARNING"},
+    },
 }
 
 # --------------------------------------------------------------------------- error reports

@@ -1069,15 +1069,18 @@ def test_http_request_calls_the_endpoint_the_tenant_configured(
     acme: World, endpoint: Endpoint
 ) -> None:
     set_plan(acme.tenant, Tenant.Plan.PRO)  # http_request is a Pro tool: the plan is a ceiling
-    granted = logged_in(acme.owner).post(
-        ENTITLEMENTS,
-        {
-            "kind": "tool",
-            "name": "http_request",
-            "config": {"url": endpoint.url, "method": "POST"},
-        },
-        content_type="application/json",
-    )
+    # The stand-in listens on the loopback: the operator's allow-list lets the admin save it
+    # and the tool call it.
+    with override_settings(OUTBOUND_ALLOWED_NETWORKS=["127.0.0.1"]):
+        granted = logged_in(acme.owner).post(
+            ENTITLEMENTS,
+            {
+                "kind": "tool",
+                "name": "http_request",
+                "config": {"url": endpoint.url, "method": "POST"},
+            },
+            content_type="application/json",
+        )
     assert granted.status_code == 201, granted.content
     assert resolved(acme).tools["http_request"] == {"url": endpoint.url, "method": "POST"}
 
@@ -1085,7 +1088,7 @@ def test_http_request_calls_the_endpoint_the_tenant_configured(
         calls(tool_call("http_request", "call_1", query="status of order 42")),
         answer("Your order ships on Monday."),
     )
-    with override_settings(AGENT_HTTP_ALLOW_PRIVATE=True), use_chat_model(model):
+    with override_settings(OUTBOUND_ALLOWED_NETWORKS=["127.0.0.1"]), use_chat_model(model):
         run_id, _ = ask(acme, "When does my order 42 ship?")
     assert "http_request" in model.bound
     [request] = endpoint.received
@@ -1100,7 +1103,8 @@ def test_http_request_calls_the_endpoint_the_tenant_configured(
     [called] = audit_events(acme, "agent.tool_called")
     assert (called.resource_id, called.context) == ("http_request", {"status": "success"})
 
-    # Without the development override, a private address is refused before any request.
+    # Without the operator's allow-list, a private address is refused before any request
+    # (the call checks again: the address was allowed when it was saved).
     model = scripted(
         calls(tool_call("http_request", "call_2", query="status of order 43")),
         answer("I could not check that."),
@@ -1110,7 +1114,10 @@ def test_http_request_calls_the_endpoint_the_tenant_configured(
     assert len(endpoint.received) == 1
     result = tool_messages(model, 1)["call_2"]
     assert result.status == "error"
-    assert result.content == "Error: the configured endpoint is not a public address"
+    assert result.content == (
+        "Error: 127.0.0.1 is not a public address (loopback). Playbook does not call private "
+        "networks unless the platform operator allows it."
+    )
     assert get_run(acme, refused_id).status == AgentRun.Status.AWAITING_REVIEW
     assert [e.context["status"] for e in audit_events(acme, "agent.tool_called")] == [
         "success",

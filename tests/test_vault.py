@@ -296,7 +296,7 @@ def test_another_tenant_cannot_list_use_or_rotate_a_credential(acme: World, glob
             ctx = ToolContext(
                 config={"url": "https://crm.example.test/lookup", "credential": "crm"}
             )
-            with override_settings(AGENT_HTTP_ALLOW_PRIVATE=True), pytest.raises(ToolError):
+            with pytest.raises(ToolError, match="the credential for this endpoint is missing"):
                 TOOLS["http_request"].func({"query": "x"}, ctx)
         assert used(acme, "crm") == "crm-token-abcdefghijklmnop"
 
@@ -603,7 +603,10 @@ def test_agent_model_calls_and_http_tool_read_their_keys_from_the_vault(
         reason="Ticket 12: the customer runs its own model server",
     )
     with override_settings(
-        VAULT_BACKEND="local", VAULT_LOCAL_KEYS=local_keys(1), AGENT_HTTP_ALLOW_PRIVATE=True
+        # The provider stand-in listens on the loopback: the operator's allow-list admits it.
+        VAULT_BACKEND="local",
+        VAULT_LOCAL_KEYS=local_keys(1),
+        OUTBOUND_ALLOWED_NETWORKS=["127.0.0.1"],
     ):
         with tenant_context(acme.tenant):
             create_credential(
