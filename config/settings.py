@@ -631,3 +631,18 @@ if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME.total_seconds() < 1:
     raise ImproperlyConfigured(
         "ADMIN_LOGIN_FAILURE_LIMIT and ADMIN_LOGIN_LOCKOUT_SECONDS must be at least 1."
     )
+
+# Request rates per credential (API) and per client IP (anonymous pages and API requests
+# without a credential), config/throttling.py. Fail open when Redis cannot be reached.
+THROTTLE_RATES = {
+    "api_credential": env.rate("THROTTLE_API_CREDENTIAL_RATE", default="1200/min"),
+    "api_anonymous": env.rate("THROTTLE_API_ANONYMOUS_RATE", default="60/min"),
+    "login": env.rate("THROTTLE_LOGIN_RATE", default="60/min"),
+    "invite": env.rate("THROTTLE_INVITE_RATE", default="30/min"),
+    "dev_idp": env.rate("THROTTLE_DEV_IDP_RATE", default="300/min"),
+}
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.CredentialRateThrottle"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("accounts.middleware.BearerAuthenticationMiddleware") + 1,
+    "config.throttling_middleware.AnonymousRateMiddleware",
+)
