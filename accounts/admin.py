@@ -4,6 +4,9 @@
   Staff without a device enrol at /admin/enroll/ (password, then scan, then one code), then
   generate single-use backup codes there (accounts/backup_codes.py), which the login's OTP
   step accepts in place of the app's code ("Backup codes" device).
+- Repeated failures at the login (password, app code or backup code) lock that username out
+  from that address for a while (accounts/lockouts.py); staff list and clear lockouts at
+  /admin/lockouts/.
 - Without an open support session the tenant tables show zero rows: the admin reads them
   through the `all_tenants` manager, and row-level security admits nothing.
 - With a session, the database admits exactly that tenant's rows until the session ends or
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import uuid
 from typing import Any
 
 import qrcode
 import qrcode.image.svg
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import login
 from django.contrib.auth.forms import AuthenticationForm
@@ -39,7 +44,7 @@ from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts import backup_codes, support
+from accounts import backup_codes, lockouts, support
 from accounts.models import ApiKey, Membership, SupportSession, User
 from accounts.queries import user_by_id
 from audit.actions import record_audit_event
@@ -64,7 +69,8 @@ class SupportLoginForm(OTPAdminAuthenticationForm):
     """django-otp's admin login; a backup code is digested before its device compares it
     (the database holds digests only) and every use or refusal is logged. The second factor
     is read in a platform context for the account whose password was just checked: the
-    devices are platform rows (accounts migration 0008)."""
+    devices are platform rows (accounts migration 0008). A refused code counts towards the
+    login lockout like a wrong password (accounts.lockouts)."""
 
     def clean_otp(self, user: Any) -> None:
         if user is None:
@@ -76,12 +82,19 @@ class SupportLoginForm(OTPAdminAuthenticationForm):
             raise self.get_invalid_login_error() from None
 
     def _verify_token(self, user: User, token: str, device: Device | None = None) -> Device:
-        if not isinstance(device, StaticDevice):
-            return super()._verify_token(user, token, device)
         try:
-            verified = super()._verify_token(user, backup_codes.backup_code_digest(token), device)
-        except ValidationError:
-            backup_codes.record_backup_code_refused(user)
+            if not isinstance(device, StaticDevice):
+                return super()._verify_token(user, token, device)
+            try:
+                verified = super()._verify_token(
+                    user, backup_codes.backup_code_digest(token), device
+                )
+            except ValidationError:
+                backup_codes.record_backup_code_refused(user)
+                raise
+        except ValidationError as exc:
+            if exc.code != "device_required":  # a code was typed and refused: a guess
+                lockouts.second_factor_failed(self.request, user.get_username())
             raise
         left = backup_codes.record_backup_code_used(user)
         if left < backup_codes.LOW_WATER:
@@ -108,6 +121,7 @@ class SupportAdminSite(OTPAdminSite):
             path("enroll/", self.enroll_view, name="otp_enroll"),
             path("support/open/", self.admin_view(self.open_session_view), name="support_open"),
             path("support/end/", self.admin_view(self.end_session_view), name="support_end"),
+            path("lockouts/", self.admin_view(self.lockouts_view), name="lockouts"),
         ]
         return custom + super().get_urls()
 
@@ -159,6 +173,30 @@ class SupportAdminSite(OTPAdminSite):
         )
         support.forget_support_session(request)
         return True
+
+    # ---------------------------------------------------------------- login lockouts
+
+    def lockouts_view(self, request: HttpRequest) -> HttpResponse:
+        """The support admin's login lockouts in force (accounts.lockouts); clearing one lets
+        that username sign in from that address again at once."""
+        if request.method == "POST":
+            cleared = lockouts.clear_lockout(request.POST.get("lockout", ""), staff=request.user)
+            if cleared is None:
+                messages.info(request, "That lockout had already ended.")
+            else:
+                messages.success(
+                    request,
+                    f"Cleared the lockout of {cleared.username} from {cleared.ip_address}.",
+                )
+            return HttpResponseRedirect(reverse("admin:lockouts"))
+        context = {
+            **self.each_context(request),
+            "title": "Login lockouts",
+            "lockouts": lockouts.current_lockouts(),
+            "failure_limit": settings.AXES_FAILURE_LIMIT,
+            "lockout_minutes": math.ceil(settings.AXES_COOLOFF_TIME.total_seconds() / 60),
+        }
+        return TemplateResponse(request, "admin/lockouts.html", context)
 
     # ---------------------------------------------------------------- TOTP enrolment
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -64,12 +65,17 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **extra}
 
 
+def rate_limited_message(retry_after: int) -> str:
+    """What a refused request is told, whichever limit refused it (Retry-After: the same)."""
+    return f"Too many requests; try again in {retry_after} s."
+
+
 def limiter_response(exc: Exception) -> Response | None:
     from billing.limiter import HardCapReached, LimiterUnavailable, RateLimited
 
     if isinstance(exc, RateLimited):
         response = Response(
-            error_body("rate_limited", f"Too many requests; try again in {exc.retry_after} s."),
+            error_body("rate_limited", rate_limited_message(exc.retry_after)),
             status=status.HTTP_429_TOO_MANY_REQUESTS,
         )
         response["Retry-After"] = str(exc.retry_after)
@@ -141,6 +147,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             body = error_body(code, " ".join(str(i) for i in items) or "Invalid input.")
     elif isinstance(exc, exceptions.NotFound):
         body = error_body(code, NOT_FOUND_MESSAGE)
+    elif isinstance(exc, exceptions.Throttled):
+        # DRF's own text and header round the wait down ("available in 0 seconds").
+        retry_after = max(1, math.ceil(getattr(exc, "wait", None) or 1))
+        body = error_body(code, rate_limited_message(retry_after))
+        response["Retry-After"] = str(retry_after)
     else:
         body = error_body(code, str(exc.detail))
     response.data = body

@@ -6,6 +6,8 @@ message that names the variable (and never echoes the value, which may be a secr
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import environ
@@ -69,3 +71,39 @@ class StrictEnv(environ.Env):
         if config.get("ENGINE") != "django.db.backends.postgresql" or not config.get("NAME"):
             raise ImproperlyConfigured(message)
         return config
+
+    def rate(self, var: str, default: str) -> str:
+        """A request rate such as `120/min` (config.env.parse_rate), checked at startup."""
+        value = str(self.str(var, default=default)).strip()
+        try:
+            parse_rate(value)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"Environment variable {var} must be a rate like 120/min "
+                "(a positive number of requests per s, min, h or day)."
+            ) from None
+        return value
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`requests` per `seconds`, written `120/min` (periods: s, min, h, day)."""
+
+    requests: int
+    seconds: int
+
+
+_PERIODS = {
+    **dict.fromkeys(("s", "sec", "second"), 1),
+    **dict.fromkeys(("m", "min", "minute"), 60),
+    **dict.fromkeys(("h", "hour"), 3600),
+    **dict.fromkeys(("d", "day"), 86400),
+}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
+
+
+def parse_rate(value: str) -> Rate:
+    match = _RATE.match(value.lower())
+    if match is None or match[2] not in _PERIODS or int(match[1]) < 1:
+        raise ValueError(f"{value!r} is not a rate like 120/min (periods: s, min, h, day).")
+    return Rate(requests=int(match[1]), seconds=_PERIODS[match[2]])

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -620,4 +621,65 @@ OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="playbook")
 MIDDLEWARE.insert(
     MIDDLEWARE.index("tenants.middleware.TenantContextMiddleware") + 1,
     "config.telemetry.TelemetryMiddleware",
+)
+
+# --------------------------------------------------------------------------- guards
+# Brute-force protection of the support admin's login and request rates (README, "Login
+# lockouts and request rates"). Both count in Redis through the `guards` cache alias: no
+# table, so nothing in the database for the runtime role to read or write.
+GUARDS_REDIS_URL = env.str("GUARDS_REDIS_URL", default=REDIS_URL)
+CACHES["guards"] = {
+    "BACKEND": "django.core.cache.backends.redis.RedisCache",
+    "LOCATION": GUARDS_REDIS_URL,
+    "KEY_PREFIX": "playbook-guards",
+    # A Redis that hangs must not hang every login and API request with it.
+    "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+}
+GUARDS_CACHE = "guards"
+# Behind proxies (load balancer, CDN) set how many append to X-Forwarded-For: the client is
+# the address the outermost one saw (config/client_ip.py). 0: REMOTE_ADDR, the header ignored.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 or more (proxies in front).")
+
+# django-axes at the support admin only (/admin/: the password step, and the second factor,
+# accounts/admin.py), keyed on username + client IP, counted by accounts.lockouts.
+INSTALLED_APPS += ["axes"]
+MIGRATION_MODULES = {"axes": None}  # the cache handler needs none of axes' tables
+AUTHENTICATION_BACKENDS.insert(0, "axes.backends.AxesStandaloneBackend")
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "axes.middleware.AxesMiddleware",  # turns a lockout into accounts.lockouts' page
+)
+AXES_HANDLER = "accounts.lockouts.AdminLoginLockoutHandler"
+AXES_CACHE = GUARDS_CACHE
+AXES_ONLY_ADMIN_SITE = True
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("ADMIN_LOGIN_LOCKOUT_SECONDS", default=900))
+# A lockout lasts the cool-off from the failure that caused it; attempts during it (the
+# right password included) are refused and do not extend it, so the page can say when.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.lockouts.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "config.client_ip.client_ip"
+AXES_ENABLE_ADMIN = False  # lockouts are listed at /admin/lockouts/ (no axes tables)
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME.total_seconds() < 1:
+    raise ImproperlyConfigured(
+        "ADMIN_LOGIN_FAILURE_LIMIT and ADMIN_LOGIN_LOCKOUT_SECONDS must be at least 1."
+    )
+
+# Request rates per credential (API) and per client IP (anonymous pages and API requests
+# without a credential), config/throttling.py. Fail open when Redis cannot be reached.
+THROTTLE_RATES = {
+    "api_credential": env.rate("THROTTLE_API_CREDENTIAL_RATE", default="1200/min"),
+    "api_anonymous": env.rate("THROTTLE_API_ANONYMOUS_RATE", default="60/min"),
+    "login": env.rate("THROTTLE_LOGIN_RATE", default="60/min"),
+    "invite": env.rate("THROTTLE_INVITE_RATE", default="30/min"),
+    "dev_idp": env.rate("THROTTLE_DEV_IDP_RATE", default="300/min"),
+}
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.CredentialRateThrottle"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("accounts.middleware.BearerAuthenticationMiddleware") + 1,
+    "config.throttling_middleware.AnonymousRateMiddleware",
 )

@@ -131,6 +131,21 @@ def unique_queue() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(autouse=True)
+def guard_counts_of_its_own(settings: Any) -> None:
+    """Login lockouts and request counts live in Redis, which outlives a test and a run, and
+    every test client comes from 127.0.0.1: each test counts under a key prefix of its own
+    (settings.GUARDS_CACHE), so no test inherits another's failed logins or requests."""
+    guards = settings.GUARDS_CACHE
+    settings.CACHES = {
+        **settings.CACHES,
+        guards: {
+            **settings.CACHES[guards],
+            "KEY_PREFIX": f"playbook-guards-test-{uuid.uuid4().hex[:12]}",
+        },
+    }
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fast_password_hashing() -> None:
     # PBKDF2's work factor is the point in production and pure waste in tests.

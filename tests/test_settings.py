@@ -49,6 +49,10 @@ def test_the_current_environment_loads() -> None:
         ("DATABASE_POOL", "2", "DATABASE_POOL must be a boolean"),
         ("PLAYBOOK_ENV", "staging", "PLAYBOOK_ENV must be one of"),
         ("DATABASE_URL", f"mysql://nope:{SECRET}@", "DATABASE_URL is not a valid database URL"),
+        ("THROTTLE_LOGIN_RATE", "many per minute", "THROTTLE_LOGIN_RATE must be a rate"),
+        ("THROTTLE_API_CREDENTIAL_RATE", "0/min", "THROTTLE_API_CREDENTIAL_RATE must be a rate"),
+        ("ADMIN_LOGIN_FAILURE_LIMIT", "0", "ADMIN_LOGIN_FAILURE_LIMIT and"),
+        ("TRUSTED_PROXY_COUNT", "-1", "TRUSTED_PROXY_COUNT must be 0 or more"),
     ],
 )
 def test_a_bad_value_names_the_variable(variable: str, value: str, message: str) -> None:
