@@ -11,7 +11,8 @@ Refused, with a stable code and a human message (a 4xx JSON body on the API, the
 - `malformed_json`: not JSON, or NaN / Infinity / a number too long to read;
 - `too_deep`: JSON nested deeper than `INPUT_MAX_JSON_DEPTH`;
 - `body_too_large` (413): a JSON body over `INPUT_MAX_JSON_BYTES` (uploads have their own
-  limit, `PLAYBOOK_MAX_UPLOAD_BYTES`);
+  limit, `PLAYBOOK_MAX_UPLOAD_BYTES`), or any body said to be longer than 18 digits;
+- `malformed_request`: a Content-Length header that is not a number in ASCII digits;
 - `number_out_of_range`: an integer beyond PostgreSQL's bigint;
 - `invalid_value`: any value the database still refuses (a `DataError`), after the view's
   transaction rolled back -- nothing is half-written.
@@ -33,9 +34,11 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.exceptions import BadRequest, RequestDataTooBig, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 from django.http import HttpRequest, QueryDict
 from django.http.multipartparser import MultiPartParserError
+from django.utils.datastructures import MultiValueDict
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import JSONParser
@@ -171,11 +174,16 @@ def guard_request(request: HttpRequest) -> None:
     check_text(request.path_info, "the address")
     check_pairs(request.GET.lists(), "the query string")
     content_type = request.content_type or ""
-    if is_json(content_type):
-        raw = _bounded_body(request, settings.INPUT_MAX_JSON_BYTES)
+    json_body = is_json(content_type)
+    limit = settings.INPUT_MAX_JSON_BYTES if json_body else settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    declared = _declared_length(request, limit)
+    if json_body:
+        raw = _bounded_body(request, limit, declared)
         if raw.strip():
             setattr(request, PARSED_JSON, parse_json(raw))
     elif content_type in FORM_TYPES:
+        fields: QueryDict
+        files: MultiValueDict[str, UploadedFile] | None
         try:
             if request.method == "POST":
                 fields, files = request.POST, request.FILES
@@ -188,15 +196,29 @@ def guard_request(request: HttpRequest) -> None:
         except (MultiPartParserError, TooManyFieldsSent, UnicodeDecodeError):
             raise BadInput("malformed_form", "The form data could not be read.") from None
         check_pairs(fields.lists(), "the form")
-        for upload in (files or {}).values():
-            check_text(upload.name or "", "a file name")
+        for _name, uploads in files.lists() if files else ():
+            for upload in uploads:  # every file of a field, not only its last
+                check_text(upload.name or "", "a file name")
 
 
-def _bounded_body(request: HttpRequest, limit: int) -> bytes:
+# More digits than any body has: 10**18 bytes is an exabyte.
+MAX_LENGTH_DIGITS = 18
+
+
+def _declared_length(request: HttpRequest, limit: int) -> int:
+    """The Content-Length header (0 without one), checked before Django reads it with int(),
+    which raises on "²" (a digit to `str.isdigit()`) and on more than 4300 digits."""
     declared = request.META.get("CONTENT_LENGTH") or "0"
-    if not declared.isdigit():
+    if not (declared.isascii() and declared.isdigit()):
         raise BadInput("malformed_request", "The Content-Length header is not a number.")
-    if int(declared) > limit:
+    digits = declared.lstrip("0") or "0"
+    if len(digits) > MAX_LENGTH_DIGITS:
+        raise _too_large(limit)
+    return int(digits)
+
+
+def _bounded_body(request: HttpRequest, limit: int, declared: int) -> bytes:
+    if declared > limit:
         raise _too_large(limit)
     try:
         raw = request.body
@@ -270,7 +292,7 @@ class GuardedCursorPagination(CursorPagination):
         try:
             cursor = super().decode_cursor(request)
             if cursor is not None and cursor.position is not None:
-                check_text(cursor.position, self.cursor_query_param)
+                check_text(str(cursor.position), self.cursor_query_param)
                 self._position_field.clean(cursor.position, None)
         except (exceptions.NotFound, BadInput, DjangoValidationError):
             raise exceptions.ValidationError(
