@@ -16,6 +16,16 @@ from agents.models import AgentRun
 from conversations.models import Message
 
 QUEUE_PAGE_SIZE = 50
+MAX_ID_DIGITS = 18  # any user id fits (bigint has 19 digits); a longer one names nobody
+
+
+def client_id(raw: str) -> int | None:
+    """The client a filter names (`?client=`): a user id in ASCII digits, else None.
+    `str.isdigit()` alone lets "²" and 5000-digit numbers through to `int()`, which raises."""
+    raw = raw.strip()
+    if raw.isascii() and raw.isdigit() and len(raw) <= MAX_ID_DIGITS:
+        return int(raw)
+    return None
 
 
 def waiting_drafts() -> QuerySet[Message]:
@@ -47,9 +57,8 @@ class QueueFilters:
                 filters.errors.append("That conversation id is not valid.")
         raw_client = (params.get("client") or "").strip()
         if raw_client:
-            if raw_client.isdigit():
-                filters.client = int(raw_client)
-            else:
+            filters.client = client_id(raw_client)
+            if filters.client is None:
                 filters.errors.append("Choose a client from the list.")
         attention = (params.get("attention") or "").strip()
         if attention in ("handoff", "low"):

@@ -11,7 +11,8 @@ Refused, with a stable code and a human message (a 4xx JSON body on the API, the
 - `malformed_request`: not JSON, or NaN / Infinity / a number too long to read;
 - `too_deep`: JSON nested deeper than `INPUT_MAX_JSON_DEPTH`;
 - `body_too_large` (413): a JSON body over `INPUT_MAX_JSON_BYTES` (uploads have their own
-  limit, `PLAYBOOK_MAX_UPLOAD_BYTES`);
+  limit, `PLAYBOOK_MAX_UPLOAD_BYTES`), or any body said to be longer than 18 digits;
+- `malformed_request`: a Content-Length header that is not a number in ASCII digits;
 - `number_out_of_range`: an integer beyond PostgreSQL's bigint;
 - `invalid_value`: any value the database still refuses (a `DataError`), after the view's
   transaction rolled back -- nothing is half-written.
@@ -180,8 +181,11 @@ def guard_request(request: HttpRequest) -> None:
     check_text(request.path_info, "the address")
     check_pairs(request.GET.lists(), "the query string")
     content_type = request.content_type or ""
-    if is_json(content_type):
-        raw = _bounded_body(request, settings.INPUT_MAX_JSON_BYTES)
+    json_body = is_json(content_type)
+    limit = settings.INPUT_MAX_JSON_BYTES if json_body else settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    declared = _declared_length(request, limit)
+    if json_body:
+        raw = _bounded_body(request, limit, declared)
         if raw.strip():
             setattr(request, PARSED_JSON, parse_json(raw))
     elif content_type in FORM_TYPES:
@@ -208,11 +212,24 @@ def _form_of(request: HttpRequest, content_type: str) -> tuple[QueryDict, list[s
     return fields, [upload.name or "" for _, uploads in files.lists() for upload in uploads]
 
 
-def _bounded_body(request: HttpRequest, limit: int) -> bytes:
+# More digits than any body has: 10**18 bytes is an exabyte.
+MAX_LENGTH_DIGITS = 18
+
+
+def _declared_length(request: HttpRequest, limit: int) -> int:
+    """The Content-Length header (0 without one), checked before Django reads it with int(),
+    which raises on "²" (a digit to `str.isdigit()`) and on more than 4300 digits."""
     declared = request.META.get("CONTENT_LENGTH") or "0"
-    if not declared.isdigit():
+    if not (declared.isascii() and declared.isdigit()):
         raise BadInput("malformed_request", "The Content-Length header is not a number.")
-    if int(declared) > limit:
+    digits = declared.lstrip("0") or "0"
+    if len(digits) > MAX_LENGTH_DIGITS:
+        raise _too_large(limit)
+    return int(digits)
+
+
+def _bounded_body(request: HttpRequest, limit: int, declared: int) -> bytes:
+    if declared > limit:
         raise _too_large(limit)
     try:
         raw = request.body

@@ -229,6 +229,33 @@ def test_an_oversized_json_body_is_a_413(acme: World, owner: Client) -> None:
     assert counts(acme) == before
 
 
+@pytest.mark.parametrize(
+    ("length", "code", "status"),
+    [
+        ("\u00b2", "malformed_request", 400),  # "²": a digit to str.isdigit(), not to int()
+        ("12abc", "malformed_request", 400),
+        ("9" * 5000, "body_too_large", 413),  # more digits than int() reads
+    ],
+)
+def test_a_content_length_that_is_not_a_plain_number_is_refused(
+    acme: World, owner: Client, length: str, code: str, status: int
+) -> None:
+    """Django reads Content-Length with int(): the guard reads it first, for every body."""
+    before = counts(acme)
+    api = owner.post(
+        "/api/v1/conversations/", "{}", content_type="application/json", CONTENT_LENGTH=length
+    )
+    refused(api, code, status)
+    page = owner.post(
+        f"/app/conversations/{acme.conversations[0].id}/reply",
+        "body=Hello",
+        content_type="application/x-www-form-urlencoded",
+        CONTENT_LENGTH=length,
+    )
+    page_refused(page, status)
+    assert counts(acme) == before
+
+
 def test_a_nul_in_a_file_name_is_refused(acme: World, owner: Client) -> None:
     before = counts(acme)
     response = owner.post(

@@ -247,6 +247,8 @@ def test_filters_narrow_the_queue_and_its_live_updates(acme: Queue) -> None:
 BAD_FILTERS = [
     ({"client": "cleo"}, "Choose a client from the list."),
     ({"client": "-1"}, "Choose a client from the list."),
+    ({"client": "\u00b2"}, "Choose a client from the list."),  # "²": isdigit(), not int()
+    ({"client": "9" * 5000}, "Choose a client from the list."),  # past int()'s 4300 digits
     ({"attention": "urgent"}, "Choose what needs attention from the list."),
     ({"conversation": "not-a-uuid"}, "That conversation id is not valid."),
 ]

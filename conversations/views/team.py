@@ -16,6 +16,7 @@ from accounts.pages import is_htmx, paginate, tenant_page
 from accounts.roles import TEAM
 from conversations import actions
 from conversations.models import Conversation, Message
+from conversations.queue import client_id
 from conversations.threads import load_thread
 from conversations.views.queue import queue_clients
 from tenants.branding import request_role
@@ -38,11 +39,12 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
     )
     q = " ".join(request.GET.get("q", "").split())[:200]
     client = request.GET.get("client", "")
+    client_filter = client_id(client)
     waiting_only = request.GET.get("waiting") == "1"
     if q:
         conversations = conversations.filter(title__icontains=q)
-    if client.isdigit():
-        conversations = conversations.filter(client_id=int(client))
+    if client_filter is not None:
+        conversations = conversations.filter(client_id=client_filter)
     if waiting_only:
         conversations = conversations.filter(drafts_waiting__gt=0)
     page, query = paginate(request, conversations.order_by("-updated_at", "-id"), 25)
@@ -52,7 +54,7 @@ def conversation_list(request: HttpRequest) -> HttpResponse:
         {
             "page": page,
             "q": q,
-            "client": int(client) if client.isdigit() else None,
+            "client": client_filter,
             "waiting_only": waiting_only,
             "clients": queue_clients(),
             "query": query,
