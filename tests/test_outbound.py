@@ -37,10 +37,12 @@ from langchain_core.messages import HumanMessage
 from pydantic import SecretStr
 
 from agents.anthropic_chat import OutboundChatAnthropic
+from agents.entitlements import grant_override
 from agents.models import AgentRun, Document, TenantEntitlement
 from agents.tools import TOOLS, ToolContext, ToolError
 from conversations.threads import status_line
 from tenants.context import tenant_context
+from tenants.models import Tenant
 from tenants.outbound import (
     MAX_REDIRECTS,
     AllowedDestination,
@@ -55,7 +57,7 @@ from tenants.outbound import (
     parse_allowed_destinations,
 )
 from tenants.vault.service import create_credential
-from tests.factories import World
+from tests.factories import UserFactory, World, set_plan
 from tests.test_agents import (  # noqa: F401 (fixtures)
     ENTITLEMENTS,
     acme,
@@ -697,6 +699,18 @@ def test_the_anthropic_model_goes_through_the_outbound_client() -> None:
 
 @pytest.fixture
 def world(acme: World) -> World:  # noqa: F811 (tests.test_agents' committed tenant)
+    # The HTTP tool is a Pro tool, and a self-hosted (OpenAI-compatible) model is in no plan:
+    # Pro and the operator's override let the tenant's admins set up both (the plan is a
+    # ceiling, agents.entitlements), so what these tests see is the outbound guard alone.
+    set_plan(acme.tenant, Tenant.Plan.PRO)
+    grant_override(
+        staff=UserFactory.create(username="sam@platform.test", tenant=None, is_staff=True),
+        tenant=acme.tenant,
+        kind="model",
+        name="self-hosted",
+        provider="openai_compatible",
+        reason="Ticket 12: the customer runs its own model server",
+    )
     return acme
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.db import connection, transaction
 from django.db.utils import ProgrammingError
-from django.test import Client
+from django.test import Client, override_settings
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import User
@@ -80,7 +80,16 @@ def resolved(world: World) -> registry.Resolved:
         return registry.resolve()
 
 
-def grant_http(world: World, url: str = "http://127.0.0.1:9/lookup") -> Any:
+
+@pytest.fixture(autouse=True)
+def loopback_allowed() -> Any:
+    """The tool endpoints here are on the loopback: the operator's allow-list admits them
+    (tenants.outbound), so what these tests see is the plan's ceiling alone."""
+    with override_settings(OUTBOUND_ALLOWED_NETWORKS=["127.0.0.1"]):
+        yield
+
+
+def grant_http(world: World, url: str = "http://127.0.0.1:9009/lookup") -> Any:
     return logged_in(world.owner).post(
         ENTITLEMENTS,
         {"kind": "tool", "name": "http_request", "config": {"url": url, "method": "POST"}},
@@ -177,7 +186,7 @@ def test_grants_within_the_plan_still_narrow_and_configure(acme: World) -> None:
     assert resolved(acme).models["house"] == {"provider": "offline", "temperature": 0.7}
     assert resolved(acme).system_prompt == "Answer like Olivia."
     # Turning the revoke into a grant is reaching past the plan: refused.
-    grant = {"effect": "grant", "config": {"url": "http://127.0.0.1:9/lookup"}}
+    grant = {"effect": "grant", "config": {"url": "http://127.0.0.1:9009/lookup"}}
     refused = owner.patch(created["http_request"], grant, content_type="application/json")
     assert refused.status_code == 403
     assert refused.json()["code"] == "not_in_plan"
@@ -187,11 +196,11 @@ def test_grants_within_the_plan_still_narrow_and_configure(acme: World) -> None:
     allowed = owner.patch(created["http_request"], grant, content_type="application/json")
     assert allowed.status_code == 200, allowed.content
     assert allowed.json()["within_plan"] is True
-    assert resolved(acme).tools["http_request"]["url"] == "http://127.0.0.1:9/lookup"
+    assert resolved(acme).tools["http_request"]["url"] == "http://127.0.0.1:9009/lookup"
     run, bound, result = http_run(acme, "When does order 42 ship?")
     assert "http_request" in bound
-    # Executed (not refused): the tool itself declines a loopback address.
-    assert result.content == "Error: the configured endpoint is not a public address"
+    # Executed (not refused by the plan): it called the endpoint, where nothing listens.
+    assert result.content == "Error: the endpoint did not answer (ConnectError)"
     assert run.status == AgentRun.Status.AWAITING_REVIEW
 
 
