@@ -111,7 +111,7 @@ class TenantEntitlementSerializer(serializers.ModelSerializer):
     def validate_config(self, value: Any) -> Any:
         # A form-encoded "null" is parsed to None after DRF's own null check (which only
         # sees JSON's null): refuse it here, the column is NOT NULL.
-        if value is None:
+        if not isinstance(value, dict):  # also true, 3, "x" or a list: always an object
             raise serializers.ValidationError("Must be a JSON object.")
         return value
 

@@ -620,6 +620,22 @@ def test_invalid_entitlements_are_a_400(acme: World, body: dict[str, Any], field
     assert audit_events(acme, "registry.changed") == []
 
 
+@pytest.mark.parametrize("config", [True, 3, "x", ["a"]])
+def test_a_config_that_is_not_an_object_is_a_400_not_a_500(acme: World, config: Any) -> None:
+    # Found by tests/reliability/test_api_fuzz.py: PATCH {"config": true} was saved, then
+    # answering with the row's `within_plan` failed on it (a 500).
+    with tenant_context(acme.tenant):
+        row = TenantEntitlement.objects.create(kind="tool", name="search_playbook", config={})
+    response = logged_in(acme.owner).patch(
+        f"{ENTITLEMENTS}{row.id}/", {"config": config}, content_type="application/json"
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["fields"] == {"config": ["Must be a JSON object."]}
+    with tenant_context(acme.tenant):
+        row.refresh_from_db()
+    assert row.config == {}
+
+
 @pytest.mark.parametrize("method", ["post", "put", "patch"])
 def test_a_form_encoded_null_config_is_a_400_not_a_500(acme: World, method: str) -> None:
     # Found by tests/reliability/test_api_fuzz.py: in a form, "null" became None after DRF's
